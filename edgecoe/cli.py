@@ -1,0 +1,179 @@
+"""The ``edgecoe`` command line: thin wrappers that parse flags and call the API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import edgecoe
+from edgecoe.errors import EdgecoeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _errors_are_one_line(func: F) -> F:
+    """Turn edgecoe errors into a message and exit status 2; ``--debug`` shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EdgecoeError as exc:
+            ctx = click.get_current_context()
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[item]}"), console=console,
+                    transient=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(edgecoe.__version__, prog_name="edgecoe")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def main(debug: bool) -> None:
+    """edgecoe: serve Collaboration-of-Experts models on memory-constrained edge devices."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Package directory to write.")
+@click.option("--force", is_flag=True, help="Replace an existing package at OUTPUT.")
+@click.option("--allow-custom-ops", is_flag=True, help="Accept models that need custom-op libraries.")
+@_errors_are_one_line
+def export(spec: Path, output: Path, force: bool, allow_custom_ops: bool) -> None:
+    """Export the experts a SPEC (YAML/JSON) names into a CoE package, verifying each."""
+    from edgecoe.export import ExpertExport, export_package, read_spec
+
+    parsed, _ = read_spec(spec)
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task("exporting", total=len(parsed.experts), item="")
+
+        def start(name: str) -> None:
+            progress.update(task, item=name)
+
+        def done(result: ExpertExport) -> None:
+            opt = "" if result.optimized_max_abs_diff is None else f", optimized {result.optimized_max_abs_diff:.2e}"
+            progress.console.print(
+                f"  {result.name}: {result.bytes / 1e6:.1f} MB from {result.framework}, "
+                f"max abs diff {result.max_abs_diff:.2e}{opt} ({result.seconds:.1f} s)")
+            progress.advance(task)
+
+        report = export_package(spec, output, overwrite=force, allow_custom_ops=allow_custom_ops,
+                                on_expert_start=start, on_expert_done=done)
+    console.print(f"wrote {report.package} ({len(report.experts)} experts)")
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@click.option("--quick", is_flag=True, help="Skip checksums and ONNX parsing (sizes and paths only).")
+@_errors_are_one_line
+def inspect(package: Path, as_json: bool, quick: bool) -> None:
+    """Show a package's experts, sizes, architectures, dependency graph and probabilities."""
+    from edgecoe.inspect import package_summary, render_summary
+
+    pkg = edgecoe.load_package(package, verify="quick" if quick else "full")
+    if as_json:
+        click.echo(json.dumps(package_summary(pkg), indent=2))
+    else:
+        render_summary(pkg, _console())
+
+
+@main.group()
+def demo() -> None:
+    """Build the bundled circuit-board inspection demo."""
+
+
+@demo.command("build")
+@click.argument("recipe", default="pcb-small")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Package directory (default: models/NAME).")
+@click.option("--force", is_flag=True, help="Rebuild over an existing package.")
+@_errors_are_one_line
+def demo_build(recipe: str, output: Path | None, force: bool) -> None:
+    """Build demo RECIPE (pcb-small, pcb, or a recipe file) into a package."""
+    from edgecoe.demo import build_demo, find_recipe, load_recipe
+
+    parsed = load_recipe(find_recipe(recipe))
+    dest = output or DEFAULT_MODELS_DIR / parsed.name
+    console = _console()
+    total = parsed.num_component_types + parsed.num_detectors
+    with _progress(console) as progress:
+        task = progress.add_task(f"building {parsed.name}", total=total, item="")
+
+        def step(name: str) -> None:
+            progress.update(task, item=name)
+            progress.advance(task)
+
+        path = build_demo(parsed, dest, overwrite=force, progress=step)
+    pkg = edgecoe.load_package(path, verify="quick")
+    console.print(f"wrote {path}: {len(pkg.experts)} experts, {pkg.total_bytes / 1e6:.0f} MB")
+
+
+@main.group()
+def workload() -> None:
+    """Generate and check workload traces (JSONL)."""
+
+
+@workload.command("generate")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--dist", default="zipf:1.1", show_default=True, help="uniform or zipf:S over the entry key's values.")
+@click.option("--rate", "rate_rps", type=float, default=None, help="Mean arrivals per second (default: all at t=0).")
+@click.option("--arrival", type=click.Choice(["poisson", "uniform"]), default="poisson", show_default=True)
+@click.option("--go-on", type=float, default=None,
+              help="Share of requests the first expert passes on (default: the package's hint).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_errors_are_one_line
+def workload_generate(package: Path, output: Path, num_requests: int, dist: str, rate_rps: float | None,
+                      arrival: str, go_on: float | None, seed: int) -> None:
+    """Generate a trace of requests for PACKAGE."""
+    from edgecoe.workload import generate_workload
+
+    pkg = edgecoe.load_package(package, verify="quick")
+    trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=dist, rate_rps=rate_rps,
+                              arrival=arrival, go_on=go_on, seed=seed)  # type: ignore[arg-type]
+    trace.write(output)
+    span = trace.requests[-1].arrival_ms / 1000.0
+    click.echo(f"wrote {output}: {len(trace)} requests over {span:.1f} s ({dist}, seed {seed})")
+
+
+@workload.command("check")
+@click.argument("trace", type=click.Path(path_type=Path))
+@_errors_are_one_line
+def workload_check(trace: Path) -> None:
+    """Validate a trace file and summarise it."""
+    from edgecoe.workload import read_workload
+
+    parsed = read_workload(trace)
+    span = parsed.requests[-1].arrival_ms / 1000.0
+    click.echo(f"{trace}: {len(parsed)} requests over {span:.1f} s, valid")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

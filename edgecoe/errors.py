@@ -1,0 +1,89 @@
+"""The one exception tree of edgecoe.
+
+    EdgecoeError
+     ├── InvalidInputError         a user-supplied file or value is wrong (base for the next four)
+     │    ├── PackageError         a CoE package on disk cannot be used; ``.problems`` lists each
+     │    ├── SpecError            an export spec or demo recipe is wrong; ``.problems`` lists each
+     │    ├── WorkloadError        a workload trace or generator argument is wrong
+     │    └── OnnxFileError        a file is not a readable ONNX model
+     └── ExportError               an expert could not be exported from its source
+          └── VerificationError    an exported expert disagrees with its source beyond tolerance
+
+Every error names the file, field or value at fault and what was expected. Errors
+that gather several problems (a package or a spec is checked completely before
+failing) carry them as :class:`Problem` records so callers and tests can inspect
+each one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a user-supplied artefact.
+
+    Attributes:
+        where: the file and/or field at fault, e.g. ``manifest.json: experts.cls_a.file``.
+        message: what is wrong and what was expected.
+    """
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class EdgecoeError(Exception):
+    """Root of every error edgecoe raises on purpose."""
+
+
+class InvalidInputError(EdgecoeError):
+    """Something a user supplied (file, flag, value) is wrong."""
+
+
+class _ProblemsError(InvalidInputError):
+    """An error that lists every problem found, not only the first."""
+
+    what = "input"
+
+    def __init__(self, subject: str | Path, problems: list[Problem]) -> None:
+        if not problems:
+            raise ValueError("an error listing problems needs at least one problem")
+        self.subject = str(subject)
+        self.problems = list(problems)
+        count = len(self.problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{self.what} {self.subject} is invalid ({count} {noun}):\n{lines}")
+
+
+class PackageError(_ProblemsError):
+    """A CoE package cannot be loaded; ``problems`` lists every check that failed."""
+
+    what = "package"
+
+
+class SpecError(_ProblemsError):
+    """An export spec or demo recipe is invalid; ``problems`` lists every fault."""
+
+    what = "spec"
+
+
+class WorkloadError(InvalidInputError):
+    """A workload trace or a workload generator argument is invalid."""
+
+
+class OnnxFileError(InvalidInputError):
+    """A file is not a readable ONNX model (not protobuf, truncated, unreadable)."""
+
+
+class ExportError(EdgecoeError):
+    """An expert could not be exported from its source (torch, optimum, ONNX file)."""
+
+
+class VerificationError(ExportError):
+    """An exported expert's ONNX Runtime output differs from its source's beyond tolerance."""

@@ -1,0 +1,148 @@
+"""The export spec: which experts a package holds, where each comes from, and the routing.
+
+A spec is YAML or JSON; see ``export/README.md`` for the documented format.
+Relative paths in it are relative to the spec file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from edgecoe.errors import Problem, SpecError
+from edgecoe.package.loader import pydantic_problems
+from edgecoe.package.manifest import EntryRule, MetadataField, Route, StopRoute, TensorSpec
+from edgecoe.package.routing import ExpertGraph, route_targets
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExampleInput(_Strict):
+    shape: list[int] = Field(min_length=1)
+    dtype: str = "float32"
+
+
+class OnnxSource(_Strict):
+    """Import an existing ``.onnx`` file as is (external data is gathered into the package)."""
+
+    onnx: str
+
+
+class TorchSource(_Strict):
+    """Export a PyTorch module made by ``factory`` (``"pkg.module:callable"``) via torch.onnx."""
+
+    torch: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    args: dict[str, object] = Field(default_factory=dict, description="keyword arguments of the factory")
+    example_inputs: dict[str, ExampleInput] = Field(min_length=1)
+    output_names: list[str] = Field(min_length=1)
+    dynamic_axes: dict[str, dict[int, str]] | None = Field(
+        default=None, description="default: axis 0 of every input and output is 'batch'"
+    )
+    opset: int = Field(default=18, ge=11)
+    dynamo: bool = Field(default=True, description="use the torch.export-based exporter")
+
+
+class HfSource(_Strict):
+    """Export a local Hugging Face model directory via optimum (offline; task required)."""
+
+    hf: str
+    task: str
+    opset: int | None = Field(default=None, ge=11)
+
+
+def _source_kind(value: object) -> str:
+    if isinstance(value, dict):
+        for key in ("onnx", "torch", "hf"):
+            if key in value:
+                return key
+    return "onnx"
+
+
+Source = Annotated[
+    Union[Annotated[OnnxSource, Tag("onnx")], Annotated[TorchSource, Tag("torch")], Annotated[HfSource, Tag("hf")]],
+    Discriminator(_source_kind),
+]
+
+
+class ExpertSpec(_Strict):
+    source: Source
+    architecture: str | None = Field(default=None, description="default: the expert's name")
+    route: Route = Field(default_factory=StopRoute)
+    dim_defaults: dict[str, int] = Field(
+        default_factory=dict, description="sizes for symbolic dims when making verification inputs"
+    )
+
+
+class ExportSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    description: str = ""
+    inputs: list[TensorSpec] | None = Field(
+        default=None, description="per-item request inputs; default: the preliminary experts' inputs minus batch"
+    )
+    metadata: dict[str, MetadataField] = Field(default_factory=dict)
+    entry: EntryRule
+    experts: dict[str, ExpertSpec] = Field(min_length=1)
+    tolerance: float = Field(default=1e-4, gt=0)
+    optimize: bool = Field(default=False, description="also store an ORT-optimized copy of every expert")
+
+
+def read_spec(path: str | Path) -> tuple[ExportSpec, Path]:
+    """Parse and check a spec; returns it with the directory its relative paths start from.
+
+    Raises:
+        SpecError: listing every problem (schema, unknown names, cycles, missing sources).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(path, [Problem(str(path), f"cannot read: {exc}")]) from exc
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(path, [Problem(path.name, f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")]) from exc
+    if not isinstance(raw, dict):
+        raise SpecError(path, [Problem(path.name, f"expected a mapping at the top level, got {type(raw).__name__}")])
+    try:
+        spec = ExportSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(path, pydantic_problems(path.name, exc)) from exc
+    problems = check_spec(spec, path.parent, path.name)
+    if problems:
+        raise SpecError(path, problems)
+    return spec, path.parent
+
+
+def check_spec(spec: ExportSpec, base: Path, where: str) -> list[Problem]:
+    """Cross-field checks: names exist, graph is acyclic, source files exist."""
+    problems: list[Problem] = []
+    names = set(spec.experts)
+    for value, expert in spec.entry.experts.items():
+        if expert not in names:
+            problems.append(Problem(f"{where}: entry.experts.{value}", f"unknown expert {expert!r}"))
+    if spec.entry.default is not None and spec.entry.default not in names:
+        problems.append(Problem(f"{where}: entry.default", f"unknown expert {spec.entry.default!r}"))
+    children = {}
+    for name, expert in spec.experts.items():
+        children[name] = route_targets(expert.route)
+        for target in children[name]:
+            if target not in names:
+                problems.append(Problem(f"{where}: experts.{name}.route", f"sends to unknown expert {target!r}"))
+        source = expert.source
+        rel = source.onnx if isinstance(source, OnnxSource) else source.hf if isinstance(source, HfSource) else None
+        if rel is not None and not (base / rel).exists():
+            problems.append(Problem(f"{where}: experts.{name}.source", f"{base / rel} does not exist"))
+    parents: dict[str, list[str]] = {n: [] for n in names}
+    for name, targets in children.items():
+        for target in targets:
+            parents.setdefault(target, []).append(name)
+    cycle = ExpertGraph(children=children, parents=parents, preliminary=frozenset()).find_cycle()
+    if cycle:
+        problems.append(Problem(f"{where}: experts", f"routing graph has a cycle: {' -> '.join(cycle)}"))
+    return problems

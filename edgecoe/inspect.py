@@ -1,0 +1,103 @@
+"""Readable summaries of a package (``edgecoe inspect``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from edgecoe.package.loader import Package
+from edgecoe.package.manifest import ArgmaxRoute, FanoutRoute, Route, StopRoute, ThresholdRoute
+
+
+def describe_route(route: Route) -> str:
+    """One line per route, e.g. ``argmax(logits): 1 -> det-a; else stop``."""
+    def names(targets: list[str]) -> str:
+        return ", ".join(targets) if targets else "stop"
+
+    if isinstance(route, StopRoute):
+        return "stop (result)"
+    if isinstance(route, FanoutRoute):
+        return f"fan-out -> {names(route.next)}"
+    if isinstance(route, ArgmaxRoute):
+        parts = [f"={cls} -> {names(t)}" for cls, t in sorted(route.classes.items()) if t != route.default]
+        return f"argmax({route.output})" + "; ".join(parts) + f"; else {names(route.default)}"
+    if isinstance(route, ThresholdRoute):
+        return (f"{route.reduce}({route.output}) > {route.threshold:g} -> {names(route.above)}; "
+                f"else {names(route.below)}")
+    raise AssertionError(route)
+
+
+def package_summary(pkg: Package) -> dict[str, object]:
+    """The facts ``inspect`` shows, as JSON-ready data."""
+    m = pkg.manifest
+    by_arch: dict[str, list[str]] = defaultdict(list)
+    for name, e in m.experts.items():
+        by_arch[e.architecture].append(name)
+    return {
+        "name": m.name,
+        "path": str(pkg.root),
+        "num_experts": len(m.experts),
+        "total_bytes": pkg.total_bytes,
+        "num_preliminary": len(pkg.graph.preliminary),
+        "inputs": [s.model_dump() for s in m.inputs],
+        "entry_key": m.entry.key,
+        "architectures": {a: {"num_experts": len(n), "bytes": sum(m.experts[x].total_bytes for x in n)}
+                          for a, n in sorted(by_arch.items())},
+        "experts": {
+            name: {
+                "architecture": e.architecture,
+                "bytes": e.total_bytes,
+                "usage_probability": e.usage_probability,
+                "usage_source": e.usage_source,
+                "preliminary": name in pkg.graph.preliminary,
+                "dependencies": pkg.graph.parents.get(name, []),
+                "route": describe_route(e.route),
+                "optimized_copy": e.optimized is not None,
+            }
+            for name, e in m.experts.items()
+        },
+    }
+
+
+def render_summary(pkg: Package, console: Console) -> None:
+    m = pkg.manifest
+    graph = pkg.graph
+    console.print(f"[bold]{m.name}[/bold]  {pkg.root}")
+    if m.description:
+        console.print(m.description)
+    inputs = ", ".join(f"{s.name}: {s.dtype}{s.shape_str()}" for s in m.inputs)
+    console.print(f"{len(m.experts)} experts, {pkg.total_bytes / 1e6:.1f} MB; "
+                  f"{len(graph.preliminary)} preliminary (picked by metadata '{m.entry.key}'); request inputs {inputs}")
+
+    arch = Table(title="Architectures")
+    for col in ("architecture", "experts", "MB each (avg)", "MB total"):
+        arch.add_column(col, justify="right" if col != "architecture" else "left")
+    groups: dict[str, list[int]] = defaultdict(list)
+    for e in m.experts.values():
+        groups[e.architecture].append(e.total_bytes)
+    for name, sizes in sorted(groups.items()):
+        arch.add_row(name, str(len(sizes)), f"{sum(sizes) / len(sizes) / 1e6:.1f}", f"{sum(sizes) / 1e6:.1f}")
+    console.print(arch)
+
+    table = Table(title="Experts (most likely first)")
+    for col in ("expert", "arch", "MB", "usage p", "kind", "routes to"):
+        table.add_column(col, justify="right" if col in ("MB", "usage p") else "left")
+    ordered = sorted(m.experts.items(), key=lambda kv: (-kv[1].usage_probability, kv[0]))
+    for name, e in ordered:
+        kind = "preliminary" if name in graph.preliminary else "subsequent"
+        p = f"{e.usage_probability:.4f}" + ("*" if e.usage_source == "measured" else "")
+        table.add_row(name, e.architecture, f"{e.total_bytes / 1e6:.1f}", p, kind, describe_route(e.route))
+    console.print(table)
+
+    tree = Tree("Dependency graph (subsequent expert <- the experts that feed it)")
+    subsequent = [n for n in m.experts if graph.parents.get(n)]
+    for name in sorted(subsequent):
+        parents = graph.parents[name]
+        shown = ", ".join(parents[:6]) + (f", … (+{len(parents) - 6})" if len(parents) > 6 else "")
+        tree.add(f"{name} <- {shown}")
+    if not subsequent:
+        tree.add("(no subsequent experts: every expert is a leaf)")
+    console.print(tree)

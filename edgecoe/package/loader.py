@@ -1,0 +1,292 @@
+"""Loading a CoE package: every check, every problem reported at once.
+
+``load_package`` never creates an inference session. It checks, in order:
+the manifest's schema; names, routes, inputs and the graph's acyclicity; each
+file's path safety, presence, size and checksum, and files nobody declared;
+then each ONNX model's I/O and external-data locations against the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import onnx
+from pydantic import ValidationError
+
+from edgecoe.errors import OnnxFileError, PackageError, Problem
+from edgecoe.onnxmodel import custom_domains, external_locations, io_specs, read_model
+from edgecoe.package.files import sha256_file, unsafe_path_reason
+from edgecoe.package.manifest import MANIFEST_NAME, ExpertRecord, FileRecord, Manifest, TensorSpec
+from edgecoe.package.routing import ExpertGraph
+
+Verify = Literal["full", "quick"]
+
+
+@dataclass(frozen=True)
+class Package:
+    """A validated CoE package on disk.
+
+    Invariant: every file the manifest names exists inside ``root`` with the
+    recorded size (and, when loaded with ``verify="full"``, checksum and I/O).
+    """
+
+    root: Path
+    manifest: Manifest
+    graph: ExpertGraph
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def experts(self) -> dict[str, ExpertRecord]:
+        return self.manifest.experts
+
+    def model_path(self, expert: str, *, optimized: bool = False) -> Path:
+        """Path of an expert's ONNX file (its ORT-optimized copy if asked and present)."""
+        record = self.manifest.experts[expert]
+        if optimized and record.optimized is not None:
+            return self.root / record.optimized.path
+        return self.root / record.model.path
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every expert's model and external data."""
+        return sum(e.total_bytes for e in self.manifest.experts.values())
+
+
+def load_package(
+    path: str | Path, *, verify: Verify = "full", allow_custom_ops: bool = False
+) -> Package:
+    """Load and validate the package at ``path``.
+
+    Args:
+        path: the package directory.
+        verify: ``"full"`` also hashes every file and parses every ONNX model;
+            ``"quick"`` checks schema, graph, paths and sizes only.
+        allow_custom_ops: accept models using operator domains that need a
+            custom-op library. Off by default: a package cannot bring code in.
+
+    Raises:
+        PackageError: listing every problem found, each with the file or field.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a directory"
+        raise PackageError(root, [Problem(str(root), f"{what}; expected a package directory")])
+    manifest = _read_manifest(root)
+    problems: list[Problem] = []
+    graph = ExpertGraph.from_manifest(manifest)
+    problems += _check_names_and_routes(manifest, graph)
+    file_problems, good_files = _check_files(root, manifest, verify)
+    problems += file_problems
+    if verify == "full":
+        problems += _check_models(root, manifest, good_files, allow_custom_ops)
+    if problems:
+        raise PackageError(root, problems)
+    return Package(root=root, manifest=manifest, graph=graph)
+
+
+def _read_manifest(root: Path) -> Manifest:
+    path = root / MANIFEST_NAME
+    where = MANIFEST_NAME
+    if path.is_symlink() or not path.is_file():
+        raise PackageError(root, [Problem(where, "missing (or not a regular file); every package has one")])
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PackageError(root, [Problem(where, f"cannot be read: {exc}")]) from exc
+    except json.JSONDecodeError as exc:
+        raise PackageError(root, [Problem(f"{where}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}")]) from exc
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise PackageError(root, pydantic_problems(where, exc)) from exc
+
+
+def pydantic_problems(where: str, exc: ValidationError) -> list[Problem]:
+    """One :class:`Problem` per pydantic error, located by its field path."""
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        got = err.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        out.append(Problem(f"{where}: {loc}" if loc else where, f"{err['msg']}{shown}"))
+    return out
+
+
+def _check_names_and_routes(manifest: Manifest, graph: ExpertGraph) -> list[Problem]:
+    where = MANIFEST_NAME
+    problems: list[Problem] = []
+    experts = manifest.experts
+    entry = manifest.entry
+    if manifest.metadata and entry.key not in manifest.metadata:
+        problems.append(Problem(f"{where}: entry.key", f"{entry.key!r} is not a declared metadata key ({sorted(manifest.metadata)})"))
+    field = manifest.metadata.get(entry.key)
+    for value, name in entry.experts.items():
+        if name not in experts:
+            problems.append(Problem(f"{where}: entry.experts.{value}", f"unknown expert {name!r}"))
+        if field is not None and field.values is not None and value not in field.values:
+            problems.append(Problem(f"{where}: entry.experts.{value}", f"{value!r} is not among metadata.{entry.key}.values"))
+    if entry.default is not None and entry.default not in experts:
+        problems.append(Problem(f"{where}: entry.default", f"unknown expert {entry.default!r}"))
+
+    for name, expert in experts.items():
+        route = expert.route
+        for target in graph.children[name]:
+            if target not in experts:
+                problems.append(Problem(f"{where}: experts.{name}.route", f"sends to unknown expert {target!r}"))
+        output = getattr(route, "output", None)
+        if output is not None and output not in {o.name for o in expert.outputs}:
+            problems.append(Problem(
+                f"{where}: experts.{name}.route.output",
+                f"{output!r} is not an output of {name} ({[o.name for o in expert.outputs]})",
+            ))
+    cycle = graph.find_cycle()
+    if cycle:
+        problems.append(Problem(f"{where}: experts", f"routing graph has a cycle: {' -> '.join(cycle)}"))
+    problems += _check_feeds(manifest, graph)
+    hints = manifest.workload_hints
+    if hints is not None and hints.input not in {i.name for i in manifest.inputs}:
+        problems.append(Problem(f"{where}: workload_hints.input", f"{hints.input!r} is not a package input"))
+    return problems
+
+
+def _check_feeds(manifest: Manifest, graph: ExpertGraph) -> list[Problem]:
+    """Every expert input must come from the request or from each parent's outputs."""
+    where = MANIFEST_NAME
+    problems: list[Problem] = []
+    request = {spec.name: spec for spec in manifest.inputs}
+    for name, expert in manifest.experts.items():
+        parents = [p for p in graph.parents.get(name, []) if p in manifest.experts]
+        for spec in expert.inputs:
+            if spec.name in request:
+                reason = _batch_shape_mismatch(spec, request[spec.name])
+                if reason:
+                    problems.append(Problem(f"{where}: experts.{name}.inputs.{spec.name}", reason))
+                continue
+            if name in graph.preliminary or not parents:
+                problems.append(Problem(
+                    f"{where}: experts.{name}.inputs.{spec.name}",
+                    f"not a package input ({sorted(request)}), so a request cannot provide it",
+                ))
+                continue
+            for parent in parents:
+                if spec.name not in {o.name for o in manifest.experts[parent].outputs}:
+                    problems.append(Problem(
+                        f"{where}: experts.{name}.inputs.{spec.name}",
+                        f"neither a package input nor an output of parent expert {parent!r}",
+                    ))
+    return problems
+
+
+def _batch_shape_mismatch(expert_input: TensorSpec, item: TensorSpec) -> str | None:
+    """Why an expert input [batch, *item] cannot take a request item, or None."""
+    if expert_input.dtype != item.dtype:
+        return f"dtype {expert_input.dtype} differs from package input dtype {item.dtype}"
+    if len(expert_input.shape) != len(item.shape) + 1:
+        return (f"shape {expert_input.shape_str()} must be [batch, *{item.shape_str()}] "
+                f"(package input shape plus a leading batch dimension)")
+    for got, want in zip(expert_input.shape[1:], item.shape):
+        if isinstance(got, int) and isinstance(want, int) and got != want:
+            return f"shape {expert_input.shape_str()} does not take items of shape {item.shape_str()}"
+    return None
+
+
+def _check_files(root: Path, manifest: Manifest, verify: Verify) -> tuple[list[Problem], set[str]]:
+    """Path safety, presence, size, checksum, and undeclared files. Returns (problems, good paths)."""
+    problems: list[Problem] = []
+    good: set[str] = set()
+    claimed: dict[str, str] = {}  # relative path -> expert that declares it
+    for name, expert in manifest.experts.items():
+        for record in expert.files():
+            where = f"{record.path} (expert {name})"
+            if record.path in claimed:
+                problems.append(Problem(where, f"also declared by expert {claimed[record.path]!r}"))
+                continue
+            claimed[record.path] = name
+            reason = unsafe_path_reason(root, record.path)
+            if reason:
+                problems.append(Problem(where, reason))
+                continue
+            problem = _check_record(root, record, where, verify)
+            if problem:
+                problems.append(problem)
+            else:
+                good.add(record.path)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for entry in sorted(dirnames + filenames):
+            full = Path(dirpath) / entry
+            rel = full.relative_to(root).as_posix()
+            if full.is_symlink():
+                problems.append(Problem(rel, "is a symbolic link; packages may not contain links"))
+            elif full.is_file() and rel != MANIFEST_NAME and rel not in claimed:
+                problems.append(Problem(rel, "extra file not declared in the manifest"))
+    return problems, good
+
+
+def _check_record(root: Path, record: FileRecord, where: str, verify: Verify) -> Problem | None:
+    path = root / record.path
+    if not path.is_file():
+        return Problem(where, "missing: the manifest declares it but it is not in the package")
+    size = path.stat().st_size
+    if size != record.bytes:
+        return Problem(where, f"size is {size} bytes, manifest declares {record.bytes} (truncated or replaced?)")
+    if verify == "full":
+        digest = sha256_file(path)
+        if digest != record.sha256:
+            return Problem(where, f"checksum mismatch: manifest sha256 {record.sha256[:12]}…, file has {digest[:12]}…")
+    return None
+
+
+def _check_models(root: Path, manifest: Manifest, good: set[str], allow_custom_ops: bool) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, expert in manifest.experts.items():
+        models = [expert.model] + ([expert.optimized] if expert.optimized else [])
+        for record in models:
+            if record.path not in good:
+                continue  # already reported; parsing a corrupt file adds noise only
+            where = f"{record.path} (expert {name})"
+            try:
+                model = read_model(root / record.path)
+                inputs, outputs = io_specs(model, where=record.path)
+            except OnnxFileError as exc:
+                problems.append(Problem(where, str(exc).split(": ", 1)[-1]))
+                continue
+            problems += _compare_io(where, "inputs", expert.inputs, inputs)
+            problems += _compare_io(where, "outputs", expert.outputs, outputs)
+            problems += _check_external(root, record, name, expert, model, where)
+            domains = custom_domains(model)
+            if domains and not allow_custom_ops:
+                problems.append(Problem(where, f"uses custom operator domains {domains}; these need a custom-op library, refused unless allowed explicitly"))
+    return problems
+
+
+def _compare_io(where: str, kind: str, declared: list[TensorSpec], actual: list[TensorSpec]) -> list[Problem]:
+    if [s.model_dump() for s in declared] == [s.model_dump() for s in actual]:
+        return []
+    return [Problem(where, f"declared {kind} {_fmt(declared)} do not match the model's {_fmt(actual)}")]
+
+
+def _fmt(specs: list[TensorSpec]) -> str:
+    return "[" + ", ".join(f"{s.name}:{s.dtype}{s.shape_str()}" for s in specs) + "]"
+
+
+def _check_external(
+    root: Path, record: FileRecord, name: str, expert: ExpertRecord, model: onnx.ModelProto, where: str
+) -> list[Problem]:
+    problems = []
+    model_dir = Path(record.path).parent
+    declared = {f.path for f in expert.external_data}
+    for location in external_locations(model):
+        rel = (model_dir / location).as_posix() if str(model_dir) != "." else location
+        reason = unsafe_path_reason(root, rel) if not Path(location).is_absolute() else f"external data location {location!r} is absolute"
+        if reason:
+            problems.append(Problem(where, f"external data: {reason}"))
+        elif rel not in declared:
+            problems.append(Problem(where, f"external data location {location!r} is not declared in experts.{name}.external_data"))
+    return problems

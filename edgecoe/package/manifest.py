@@ -1,0 +1,215 @@
+"""The CoE package manifest: schema (pydantic models) and its JSON form.
+
+A package is a directory::
+
+    PKG/
+      edgecoe.json              this manifest
+      experts/NAME.onnx         one ONNX model per expert
+      experts/NAME.onnx.data    optional external weights of that model
+      experts/NAME.opt.onnx     optional ORT-optimized copy (loads without graph optimization)
+
+The schema is checked field by field here; cross-field facts (expert names that
+exist, an acyclic graph, files on disk, checksums, ONNX I/O) are checked by
+:mod:`edgecoe.package.loader`, which gathers every problem before failing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_NAME = "edgecoe.json"
+FORMAT = "edgecoe.package"
+FORMAT_VERSION = 1
+
+Dim = Union[int, str, None]
+"""One dimension: a fixed size, a symbolic name (``"batch"``), or unknown (``None``)."""
+
+_SHA256 = r"^[0-9a-f]{64}$"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    # Unknown fields are errors: a typo in a hand-edited manifest must not be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """Name, element type and shape of one model input or output."""
+
+    name: str = Field(min_length=1)
+    dtype: str = Field(description="numpy dtype name, e.g. float32, int64")
+    shape: list[Dim]
+
+    def shape_str(self) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+
+class FileRecord(_Strict):
+    """A file inside the package, with the facts used to detect corruption."""
+
+    path: str = Field(min_length=1, description="relative POSIX path inside the package")
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=_SHA256)
+
+
+class StopRoute(_Strict):
+    """The expert is a leaf: its outputs are the request's result."""
+
+    kind: Literal["stop"] = "stop"
+
+
+class FanoutRoute(_Strict):
+    """Every item goes on to all of ``next``."""
+
+    kind: Literal["fanout"]
+    next: list[str] = Field(min_length=1)
+
+
+class ArgmaxRoute(_Strict):
+    """Argmax of output ``output`` (per item, flattened) picks the next experts.
+
+    ``classes`` maps a class index to the experts it goes on to (an empty list
+    stops there); indices not listed go to ``default``. ``class_fractions`` is
+    the declared share of items landing in each class, used for usage
+    probabilities until the profiler measures them.
+    """
+
+    kind: Literal["argmax"]
+    output: str
+    classes: dict[int, list[str]]
+    default: list[str] = Field(default_factory=list)
+    class_fractions: dict[int, float] | None = None
+
+    @model_validator(mode="after")
+    def _fractions_are_shares(self) -> ArgmaxRoute:
+        if self.class_fractions is not None:
+            bad = {k: v for k, v in self.class_fractions.items() if not 0.0 <= v <= 1.0}
+            if bad:
+                raise ValueError(f"class_fractions must lie in [0, 1], got {bad}")
+            total = sum(self.class_fractions.values())
+            if total > 1.0 + 1e-6:
+                raise ValueError(f"class_fractions sum to {total:.6f}, expected <= 1")
+        return self
+
+
+class ThresholdRoute(_Strict):
+    """Reduce output ``output`` per item (max/min/mean) and compare with ``threshold``."""
+
+    kind: Literal["threshold"]
+    output: str
+    reduce: Literal["max", "min", "mean"] = "max"
+    threshold: float
+    above: list[str] = Field(default_factory=list)
+    below: list[str] = Field(default_factory=list)
+    fraction_above: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+Route = Annotated[
+    Union[StopRoute, FanoutRoute, ArgmaxRoute, ThresholdRoute], Field(discriminator="kind")
+]
+
+
+class ExpertRecord(_Strict):
+    """One expert: its model files, I/O, architecture and where its outputs go."""
+
+    architecture: str = Field(
+        min_length=1, description="experts sharing a tag share one architecture and one profile"
+    )
+    model: FileRecord
+    external_data: list[FileRecord] = Field(default_factory=list)
+    optimized: FileRecord | None = Field(
+        default=None, description="ORT-optimized copy, loadable with graph optimization off"
+    )
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    route: Route = Field(default_factory=StopRoute)
+    usage_probability: float = Field(ge=0.0, le=1.0)
+    usage_source: Literal["declared", "measured"] = "declared"
+    source: str = Field(default="", description="where the expert came from (informational)")
+
+    def files(self) -> list[FileRecord]:
+        """Every file of this expert, model first."""
+        out = [self.model, *self.external_data]
+        if self.optimized is not None:
+            out.append(self.optimized)
+        return out
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of the model and its external data (the optimized copy excluded)."""
+        return self.model.bytes + sum(f.bytes for f in self.external_data)
+
+
+class MetadataField(_Strict):
+    """A request metadata key the package understands.
+
+    ``values`` lists the accepted values (``None``: any string). ``distribution``
+    is the declared share of requests per value, used for usage probabilities.
+    """
+
+    values: list[str] | None = None
+    distribution: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _distribution_is_consistent(self) -> MetadataField:
+        if self.distribution is None:
+            return self
+        negative = {k: v for k, v in self.distribution.items() if v < 0}
+        if negative:
+            raise ValueError(f"distribution shares must be >= 0, got {negative}")
+        total = sum(self.distribution.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"distribution sums to {total:.6f}, expected 1")
+        if self.values is not None:
+            unknown = sorted(set(self.distribution) - set(self.values))
+            if unknown:
+                raise ValueError(f"distribution names values not in `values`: {unknown}")
+        return self
+
+
+class EntryRule(_Strict):
+    """Picks a request's preliminary expert from one metadata key."""
+
+    key: str
+    experts: dict[str, str] = Field(min_length=1, description="metadata value -> expert name")
+    default: str | None = Field(default=None, description="expert for unlisted values; None rejects")
+
+
+class WorkloadHints(_Strict):
+    """How a generator makes inputs that a classifier passes on or stops (demo packages).
+
+    A generated item is standard-normal noise; channel ``channel`` of input
+    ``input`` is offset by ``go_on_offset`` for an item the preliminary expert
+    should send on, by ``stop_offset`` for one it should stop.
+    """
+
+    input: str
+    channel: int = Field(ge=0)
+    go_on_offset: float
+    stop_offset: float
+    go_on_fraction: float = Field(ge=0.0, le=1.0, description="default share of items sent on")
+
+
+class Manifest(_Strict):
+    """The whole ``edgecoe.json``."""
+
+    format: Literal["edgecoe.package"] = FORMAT
+    version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=_NAME)
+    description: str = ""
+    created_by: str = ""
+    inputs: list[TensorSpec] = Field(
+        min_length=1, description="one request's inputs, per item (no batch dimension)"
+    )
+    metadata: dict[str, MetadataField] = Field(default_factory=dict)
+    entry: EntryRule
+    experts: dict[str, ExpertRecord] = Field(min_length=1)
+    workload_hints: WorkloadHints | None = None
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, so identical packages have identical bytes."""
+        import json
+
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"

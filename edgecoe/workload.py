@@ -1,0 +1,286 @@
+"""Workloads: the JSONL trace format, reading it, generating it, and materialising inputs.
+
+Trace format (one JSON object per line, UTF-8)::
+
+    {"edgecoe_trace": 1, "package": "pcb", "generator": {...}}      optional header, first line only
+    {"id": "r000000", "arrival_ms": 0.0,
+     "metadata": {"component_type": "res-0402"},
+     "inputs": {"image": {"seeded": {"seed": 7, "channel": 0, "channel_offset": 0.5}}}}
+    {"id": "r000001", "arrival_ms": 3.9, "metadata": {...},
+     "inputs": {"image": {"file": "inputs/board7.npy"}}}
+
+- ``id``: unique string; ``arrival_ms``: offset from the start of the run (>= 0).
+- ``metadata``: request metadata; the package's entry rule reads one key of it.
+- ``inputs``: per package input, either ``{"file": PATH}`` — a ``.npy`` file
+  (relative paths are relative to the trace file; never unpickled) holding one
+  item (no batch dimension) — or ``{"seeded": {...}}``, standard-normal noise of
+  the package input's shape from ``seed``, scaled by ``std`` (1), shifted by
+  ``mean`` (0), and channel ``channel`` (axis 0) further by ``channel_offset``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgecoe.errors import WorkloadError
+from edgecoe.package.manifest import Manifest, TensorSpec
+
+TRACE_VERSION = 1
+_MAX_REPORTED = 20
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeededInput(_Strict):
+    seed: int = Field(ge=0)
+    mean: float = 0.0
+    std: float = Field(default=1.0, ge=0.0)
+    channel: int | None = Field(default=None, ge=0)
+    channel_offset: float = 0.0
+
+
+class InputSource(_Strict):
+    """Where one input tensor of a request comes from: a ``.npy`` file or a seeded recipe."""
+
+    file: str | None = None
+    seeded: SeededInput | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> InputSource:
+        if (self.file is None) == (self.seeded is None):
+            raise ValueError("give exactly one of `file` or `seeded`")
+        return self
+
+
+class TraceRequest(_Strict):
+    """One request of a workload trace."""
+
+    id: str = Field(min_length=1)
+    arrival_ms: float = Field(ge=0.0)
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    inputs: dict[str, InputSource]
+
+
+class TraceHeader(_Strict):
+    edgecoe_trace: Literal[1]
+    package: str | None = None
+    generator: dict[str, object] = Field(default_factory=dict)
+
+
+class Workload:
+    """A trace in memory: requests sorted by arrival, plus the directory file inputs are relative to."""
+
+    def __init__(self, requests: list[TraceRequest], *, base_dir: Path | None = None, header: TraceHeader | None = None) -> None:
+        self.requests = sorted(requests, key=lambda r: r.arrival_ms)
+        self.base_dir = base_dir or Path.cwd()
+        self.header = header or TraceHeader(edgecoe_trace=TRACE_VERSION)
+        seen: set[str] = set()
+        dupes = [r.id for r in self.requests if r.id in seen or seen.add(r.id)]  # type: ignore[func-returns-value]
+        if dupes:
+            raise WorkloadError(f"request ids must be unique; repeated: {dupes[:5]}")
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def write(self, path: str | Path) -> None:
+        """Write as JSONL (header first)."""
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.header.model_dump(mode="json"), sort_keys=True) + "\n")
+            for request in self.requests:
+                fh.write(json.dumps(request.model_dump(mode="json", exclude_none=True), sort_keys=True) + "\n")
+
+
+def read_workload(path: str | Path) -> Workload:
+    """Read and validate a JSONL trace.
+
+    Raises:
+        WorkloadError: naming the file, line and field of each problem (up to 20).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkloadError(f"{path}: cannot read workload trace: {exc}") from exc
+    problems: list[str] = []
+    requests: list[TraceRequest] = []
+    header: TraceHeader | None = None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON: {exc.msg}")
+            continue
+        try:
+            if isinstance(obj, dict) and "edgecoe_trace" in obj:
+                if requests or header is not None:
+                    problems.append(f"{path}:{number}: a header line may only come first")
+                header = TraceHeader.model_validate(obj)
+            else:
+                requests.append(TraceRequest.model_validate(obj))
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"]) or "(line)"
+                problems.append(f"{path}:{number}: {loc}: {err['msg']}")
+    if problems:
+        more = f"\n  … and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
+        raise WorkloadError(f"workload {path} is invalid:\n  " + "\n  ".join(problems[:_MAX_REPORTED]) + more)
+    if not requests:
+        raise WorkloadError(f"workload {path} holds no requests")
+    return Workload(requests, base_dir=path.parent, header=header)
+
+
+def distribution_shares(spec: str, values: list[str]) -> dict[str, float]:
+    """Shares per value for ``uniform`` or ``zipf:S`` (S > 0), ranked in ``values`` order.
+
+    Raises:
+        WorkloadError: unknown distribution or bad parameter.
+    """
+    if not values:
+        raise WorkloadError("cannot spread requests over an empty set of metadata values")
+    name, _, param = spec.partition(":")
+    if name == "uniform" and not param:
+        return {v: 1.0 / len(values) for v in values}
+    if name == "zipf":
+        try:
+            skew = float(param)
+        except ValueError:
+            skew = math.nan
+        if not skew > 0 or math.isinf(skew):
+            raise WorkloadError(f"distribution {spec!r}: zipf needs a positive skew, e.g. zipf:1.1")
+        weights = np.array([1.0 / (rank ** skew) for rank in range(1, len(values) + 1)])
+        weights /= weights.sum()
+        return {v: float(w) for v, w in zip(values, weights)}
+    raise WorkloadError(f"unknown distribution {spec!r}; expected 'uniform' or 'zipf:S' (e.g. zipf:1.1)")
+
+
+def ranked_values(manifest: Manifest) -> list[str]:
+    """The entry key's values, most likely first by the declared distribution."""
+    key = manifest.entry.key
+    field = manifest.metadata.get(key)
+    values = list(field.values) if field and field.values else list(manifest.entry.experts)
+    if field and field.distribution:
+        dist = field.distribution
+        values.sort(key=lambda v: -dist.get(v, 0.0))  # stable: ties keep declared order
+    return values
+
+
+def generate_workload(
+    manifest: Manifest,
+    *,
+    num_requests: int,
+    dist: str = "zipf:1.1",
+    rate_rps: float | None = None,
+    arrival: Literal["poisson", "uniform"] = "poisson",
+    go_on: float | None = None,
+    seed: int = 0,
+) -> Workload:
+    """Generate a trace for a package.
+
+    Args:
+        num_requests: how many requests (> 0).
+        dist: how entry-key values are drawn: ``uniform`` or ``zipf:S``, ranked
+            by the package's declared distribution.
+        rate_rps: mean arrival rate; ``None`` makes every request arrive at 0.
+        arrival: ``poisson`` (exponential gaps) or ``uniform`` (one every 1/rate s).
+        go_on: share of items built so that the first expert passes them on
+            (needs the package's ``workload_hints``; default: the hints' share).
+        seed: makes the trace reproducible.
+
+    Raises:
+        WorkloadError: a parameter is out of range or the package lacks what it needs.
+    """
+    if num_requests <= 0:
+        raise WorkloadError(f"--requests must be > 0, got {num_requests}")
+    if rate_rps is not None and not rate_rps > 0:
+        raise WorkloadError(f"--rate must be > 0 requests/s, got {rate_rps}")
+    hints = manifest.workload_hints
+    if go_on is not None:
+        if not 0.0 <= go_on <= 1.0:
+            raise WorkloadError(f"--go-on must be a share in [0, 1], got {go_on}")
+        if hints is None:
+            raise WorkloadError(f"package {manifest.name} declares no workload_hints, so --go-on cannot be honoured")
+    elif hints is not None:
+        go_on = hints.go_on_fraction
+    values = ranked_values(manifest)
+    shares = distribution_shares(dist, values)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(values), size=num_requests, p=np.array([shares[v] for v in values]))
+    if rate_rps is None:
+        arrivals = np.zeros(num_requests)
+    elif arrival == "poisson":
+        arrivals = np.cumsum(rng.exponential(1000.0 / rate_rps, size=num_requests)) - 0.0
+        arrivals -= arrivals[0]
+    else:
+        arrivals = np.arange(num_requests) * (1000.0 / rate_rps)
+    passes = rng.random(num_requests) < (go_on if go_on is not None else 0.0)
+    input_seeds = rng.integers(0, 2**31 - 1, size=num_requests)
+    requests = []
+    for i in range(num_requests):
+        inputs = {}
+        for spec in manifest.inputs:
+            offset: dict[str, float | int] = {}
+            if hints is not None and go_on is not None and spec.name == hints.input:
+                offset = {"channel": hints.channel,
+                          "channel_offset": hints.go_on_offset if passes[i] else hints.stop_offset}
+            inputs[spec.name] = InputSource(seeded=SeededInput(seed=int(input_seeds[i]) + hash_name(spec.name), **offset))
+        requests.append(TraceRequest(
+            id=f"r{i:06d}", arrival_ms=round(float(arrivals[i]), 3),
+            metadata={manifest.entry.key: values[int(picks[i])]}, inputs=inputs,
+        ))
+    header = TraceHeader(edgecoe_trace=TRACE_VERSION, package=manifest.name, generator={
+        "requests": num_requests, "dist": dist, "rate_rps": rate_rps, "arrival": arrival,
+        "go_on": go_on, "seed": seed,
+    })
+    return Workload(requests, header=header)
+
+
+def hash_name(name: str) -> int:
+    """A small stable integer per input name (Python's hash() is salted per process)."""
+    return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 9973
+
+
+def materialize(request: TraceRequest, specs: Iterable[TensorSpec], base_dir: Path) -> dict[str, np.ndarray]:
+    """The request's input arrays (one item each, no batch dimension).
+
+    Raises:
+        WorkloadError: an input is missing, a file is unreadable, or a seeded
+            input's package shape is not fully static.
+    """
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        source = request.inputs.get(spec.name)
+        if source is None:
+            raise WorkloadError(f"request {request.id}: no source for package input {spec.name!r}")
+        if source.file is not None:
+            path = Path(source.file) if Path(source.file).is_absolute() else base_dir / source.file
+            try:
+                out[spec.name] = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise WorkloadError(f"request {request.id}: cannot load input {spec.name!r} from {path}: {exc}") from exc
+            continue
+        seeded = source.seeded
+        assert seeded is not None  # the model validator guarantees one source
+        if not all(isinstance(d, int) for d in spec.shape):
+            raise WorkloadError(
+                f"request {request.id}: seeded input {spec.name!r} needs a static package shape, got {spec.shape_str()}"
+            )
+        shape = tuple(int(d) for d in spec.shape)  # type: ignore[arg-type]
+        rng = np.random.default_rng(seeded.seed)
+        array = rng.standard_normal(shape, dtype=np.float64) * seeded.std + seeded.mean
+        if seeded.channel is not None:
+            if not shape or seeded.channel >= shape[0]:
+                raise WorkloadError(f"request {request.id}: channel {seeded.channel} out of range for shape {list(shape)}")
+            array[seeded.channel] += seeded.channel_offset
+        out[spec.name] = array.astype(spec.dtype)
+    return out
