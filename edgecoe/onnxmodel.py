@@ -18,7 +18,10 @@ from edgecoe.package.manifest import Dim, TensorSpec
 
 # Domains whose operators ONNX Runtime implements itself. Anything else needs a
 # custom-op library, which a package must never bring in silently.
-BUILTIN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"})
+BUILTIN_DOMAINS = frozenset({
+    "", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training", "ai.onnx.training",
+    "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental",
+})
 
 
 def read_model(path: str | Path) -> onnx.ModelProto:
@@ -116,9 +119,12 @@ def external_locations(model: onnx.ModelProto) -> list[str]:
 
 
 def custom_domains(model: onnx.ModelProto) -> list[str]:
-    """Operator domains the model uses that ONNX Runtime does not implement itself."""
+    """Operator domains the model's nodes use that ONNX Runtime does not implement itself.
+
+    Only nodes count: ORT-optimized models declare opsets for many internal
+    domains they never use.
+    """
     used = {node.domain for graph in _graphs(model.graph) for node in graph.node}
-    used |= {op.domain for op in model.opset_import}
     local = {f.domain for f in model.functions}
     return sorted(d for d in used - BUILTIN_DOMAINS - local)
 

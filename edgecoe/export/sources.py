@@ -6,10 +6,12 @@ Torch and optimum are imported lazily: they live in the ``export`` extra and
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,21 +115,30 @@ def _from_torch(name: str, source: TorchSource, base: Path, workdir: Path) -> So
         raise ExportError(f"torch factory {source.torch!r} returned {type(module).__name__}, expected torch.nn.Module")
     module.eval()
     names = list(source.example_inputs)
-    rng = np.random.default_rng(0)
-    examples = tuple(
-        torch.from_numpy(rng.standard_normal(ex.shape).astype(ex.dtype))  # type: ignore[attr-defined]
-        for ex in source.example_inputs.values()
-    )
     axes = source.dynamic_axes
     if axes is None:
         axes = {n: {0: "batch"} for n in [*names, *source.output_names]}
+    rng = np.random.default_rng(0)
+    examples = []
+    for input_name, ex in source.example_inputs.items():
+        # A dynamic axis of size 1 would be specialised to 1 by torch.export.
+        shape = [2 if (axis in axes.get(input_name, {}) and size == 1) else size for axis, size in enumerate(ex.shape)]
+        examples.append(torch.from_numpy(rng.standard_normal(shape).astype(ex.dtype)))  # type: ignore[attr-defined]
     out_path = workdir / f"{name}.onnx"
+    kwargs: dict[str, object] = {"opset_version": source.opset, "dynamo": source.dynamo}
+    if source.dynamo:
+        dims: dict[str, object] = {}
+        kwargs["dynamic_shapes"] = tuple(
+            {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in axes.get(n, {}).items()}  # type: ignore[attr-defined]
+            for n in names
+        )
+    else:
+        kwargs["dynamic_axes"] = axes
     try:
-        with torch.no_grad():  # type: ignore[attr-defined]
+        with torch.no_grad(), _quiet_framework_warnings():  # type: ignore[attr-defined]
             torch.onnx.export(  # type: ignore[attr-defined]
-                module, examples, str(out_path), input_names=names, output_names=source.output_names,
-                dynamic_axes=axes, opset_version=source.opset, dynamo=source.dynamo,
-                **({"verbose": False} if source.dynamo else {}),
+                module, tuple(examples), str(out_path), input_names=names, output_names=source.output_names,
+                **kwargs,
             )
     except Exception as exc:  # noqa: BLE001 - torch.onnx raises many unrelated types
         raise ExportError(f"torch.onnx.export of {source.torch!r} failed: {type(exc).__name__}: {exc}") from exc
@@ -151,10 +162,11 @@ def _from_hf(name: str, source: HfSource, model_dir: Path, workdir: Path) -> Sou
     if source.opset is not None:
         kwargs["opset"] = source.opset
     try:
-        exporters.main_export(str(model_dir), output=str(out_dir), **kwargs)  # type: ignore[attr-defined]
-        hf_model = tasks.TasksManager.get_model_from_task(  # type: ignore[attr-defined]
-            source.task, str(model_dir), framework="pt", local_files_only=True
-        )
+        with _quiet_framework_warnings():
+            exporters.main_export(str(model_dir), output=str(out_dir), **kwargs)  # type: ignore[attr-defined]
+            hf_model = tasks.TasksManager.get_model_from_task(  # type: ignore[attr-defined]
+                source.task, str(model_dir), framework="pt", local_files_only=True
+            )
     except Exception as exc:  # noqa: BLE001 - optimum/transformers raise many types
         raise ExportError(f"optimum export of {model_dir} (task {source.task!r}) failed: {type(exc).__name__}: {exc}") from exc
     onnx_files = sorted(out_dir.glob("*.onnx"))
@@ -173,6 +185,19 @@ def _from_hf(name: str, source: HfSource, model_dir: Path, workdir: Path) -> Sou
         return {n: result[n].detach().numpy() for n in output_names if n in result}
 
     return SourceModel(model=model, reference=reference, origin=f"hf {model_dir} ({source.task})", framework="transformers")
+
+
+@contextlib.contextmanager
+def _quiet_framework_warnings() -> Iterator[None]:
+    """Silence torch/transformers tracing chatter (TracerWarning, deprecations) during export.
+
+    NOTE: these warnings come from framework internals and are not
+    actionable for an edgecoe user; turned into errors (as tests do) they even
+    break tracing with SystemError inside torch's C code.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:

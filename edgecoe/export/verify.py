@@ -17,6 +17,8 @@ from edgecoe.providers import SessionError, create_session
 # exercises batching; other dims (sequence lengths) get 8.
 _BATCH_DEFAULT = 2
 _OTHER_DEFAULT = 8
+# optimum's symbolic dim names with sizes a model of that kind accepts.
+_NAMED_DEFAULTS = {"num_channels": 3, "height": 64, "width": 64, "sequence_length": 8}
 
 
 def check_model_file(path: Path, where: str) -> None:
@@ -42,6 +44,8 @@ def example_inputs(specs: list[TensorSpec], dim_defaults: dict[str, int], *, see
                 shape.append(dim)
             elif isinstance(dim, str) and dim in dim_defaults:
                 shape.append(dim_defaults[dim])
+            elif isinstance(dim, str) and dim in _NAMED_DEFAULTS:
+                shape.append(_NAMED_DEFAULTS[dim])
             else:
                 shape.append(_BATCH_DEFAULT if axis == 0 else _OTHER_DEFAULT)
         dtype = np.dtype(spec.dtype)
