@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 import edgecoe
 from edgecoe.errors import EdgecoeError
@@ -20,6 +19,14 @@ from edgecoe.errors import EdgecoeError
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MODELS_DIR = Path("models")
+
+
+def format_bytes(num_bytes: int) -> str:
+    """Human-readable size with a unit that keeps small experts visible (kB, MB, GB)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.1f} {unit}"
+    return f"{num_bytes} B"
 
 
 def _console() -> Console:
@@ -78,7 +85,7 @@ def export(spec: Path, output: Path, force: bool, allow_custom_ops: bool) -> Non
         def done(result: ExpertExport) -> None:
             opt = "" if result.optimized_max_abs_diff is None else f", optimized {result.optimized_max_abs_diff:.2e}"
             progress.console.print(
-                f"  {result.name}: {result.bytes / 1e6:.1f} MB from {result.framework}, "
+                f"  {result.name}: {format_bytes(result.bytes)} from {result.framework}, "
                 f"max abs diff {result.max_abs_diff:.2e}{opt} ({result.seconds:.1f} s)")
             progress.advance(task)
 
@@ -131,7 +138,7 @@ def demo_build(recipe: str, output: Path | None, force: bool) -> None:
 
         path = build_demo(parsed, dest, overwrite=force, progress=step)
     pkg = edgecoe.load_package(path, verify="quick")
-    console.print(f"wrote {path}: {len(pkg.experts)} experts, {pkg.total_bytes / 1e6:.0f} MB")
+    console.print(f"wrote {path}: {len(pkg.experts)} experts, {format_bytes(pkg.total_bytes)}")
 
 
 @main.group()

@@ -125,7 +125,7 @@ def _from_torch(name: str, source: TorchSource, base: Path, workdir: Path) -> So
         shape = [2 if (axis in axes.get(input_name, {}) and size == 1) else size for axis, size in enumerate(ex.shape)]
         examples.append(torch.from_numpy(rng.standard_normal(shape).astype(ex.dtype)))  # type: ignore[attr-defined]
     out_path = workdir / f"{name}.onnx"
-    kwargs: dict[str, object] = {"opset_version": source.opset, "dynamo": source.dynamo}
+    kwargs: dict[str, object] = {"opset_version": source.opset, "dynamo": source.dynamo, "verbose": False}
     if source.dynamo:
         dims: dict[str, object] = {}
         kwargs["dynamic_shapes"] = tuple(

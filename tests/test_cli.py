@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from edgecoe.cli import main
+
+
+def test_help_lists_the_verbs():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for verb in ("export", "inspect", "demo", "workload"):
+        assert verb in result.output
+
+
+def test_inspect_table_and_json(pcb_small):
+    runner = CliRunner()
+    result = runner.invoke(main, ["inspect", str(pcb_small)])
+    assert result.exit_code == 0, result.output
+    assert "20 experts" in result.output and "det-0201-00" in result.output
+    result = runner.invoke(main, ["inspect", "--json", str(pcb_small)])
+    data = json.loads(result.output)
+    assert data["num_experts"] == 20
+    assert data["experts"]["det-0201-00"]["dependencies"]
+    assert set(data["architectures"]) == {"resnet-xs", "resnet-s", "yolo-s"}
+
+
+def test_workload_generate_and_check(pcb_small, tmp_path):
+    out = tmp_path / "w.jsonl"
+    runner = CliRunner()
+    result = runner.invoke(main, ["workload", "generate", str(pcb_small), "-o", str(out), "--requests", "50",
+                                  "--dist", "zipf:1.2", "--rate", "200", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "50 requests" in result.output
+    result = runner.invoke(main, ["workload", "check", str(out)])
+    assert result.exit_code == 0 and "valid" in result.output
+
+
+def test_user_mistakes_exit_2_with_one_line(tmp_path, pcb_small):
+    runner = CliRunner()
+    result = runner.invoke(main, ["inspect", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: package") and "does not exist" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(main, ["workload", "generate", str(pcb_small), "-o", str(tmp_path / "w.jsonl"),
+                                  "--dist", "zipf:oops"])
+    assert result.exit_code == 2 and "zipf" in result.output
+
+
+def test_debug_shows_the_exception(tmp_path):
+    result = CliRunner().invoke(main, ["--debug", "inspect", str(tmp_path / "missing")])
+    assert result.exit_code != 0
+    assert result.exception is not None and "does not exist" in str(result.exception)
+
+
+def test_export_command(tmp_path):
+    from helpers import chain_spec, write_spec
+
+    spec = write_spec(tmp_path / "spec.json", chain_spec(tmp_path))
+    result = CliRunner().invoke(main, ["export", str(spec), "-o", str(tmp_path / "pkg")])
+    assert result.exit_code == 0, result.output
+    assert "max abs diff" in result.output and "3 experts" in result.output
