@@ -1,0 +1,93 @@
+"""Runtime configuration: one frozen object, validated, built from CLI flags in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from edgecoe.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How a runtime serves a package.
+
+    Attributes:
+        policy: preset name (samba, samba-fifo, samba-parallel, coserve, edgecoe).
+        budget: memory for resident experts on every processor: bytes (int or
+            "800000000"), or a share of all experts' measured resident footprint ("25%").
+            None: the device profile's budgets.
+        num_executors: executors per processor; None: the profile's (presets
+            that are not parallel use 1).
+        max_delay_ms: bound on queueing delay for the edgecoe scheduler; a
+            group whose oldest task waited longer runs next. None: no bound.
+        allow_cpu_fallback: run a processor's experts on CPU when its provider
+            is missing (with a warning) instead of failing.
+        use_optimized: load ORT-optimized copies where the package has them.
+        intra_op_threads: ORT threads per executor; None: cores / executors.
+        verify: package verification at load: "full" (checksums, ONNX I/O) or "quick".
+        eviction: override the preset's eviction policy (lru, fifo, coserve, belady).
+    """
+
+    policy: str = "edgecoe"
+    budget: str | int | None = None
+    num_executors: int | None = None
+    max_delay_ms: float | None = 2000.0
+    allow_cpu_fallback: bool = False
+    use_optimized: bool = True
+    intra_op_threads: int | None = None
+    verify: str = "quick"
+    eviction: str | None = None
+
+    def validate(self) -> None:
+        from edgecoe.cache import EVICTION_POLICIES
+        from edgecoe.sched import get_preset
+
+        try:
+            get_preset(self.policy)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if self.num_executors is not None and not 1 <= self.num_executors <= 64:
+            raise InvalidInputError(f"num_executors={self.num_executors} must be in 1..64")
+        if self.max_delay_ms is not None and not self.max_delay_ms > 0:
+            raise InvalidInputError(f"max_delay_ms={self.max_delay_ms} must be > 0")
+        if self.intra_op_threads is not None and self.intra_op_threads < 0:
+            raise InvalidInputError(f"intra_op_threads={self.intra_op_threads} must be >= 0")
+        if self.verify not in ("full", "quick"):
+            raise InvalidInputError(f"verify={self.verify!r}; expected 'full' or 'quick'")
+        if self.eviction is not None and self.eviction not in EVICTION_POLICIES:
+            raise InvalidInputError(f"eviction={self.eviction!r}; valid: {', '.join(EVICTION_POLICIES)}")
+        if self.budget is not None:
+            parse_budget(self.budget, total_bytes=1 << 40)  # syntax check; the share is resolved later
+
+    def threads_per_executor(self, num_executors: int) -> int:
+        if self.intra_op_threads is not None:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // num_executors)
+
+
+def parse_budget(value: str | int, *, total_bytes: int) -> int:
+    """Bytes from ``800000000``, ``"800MB"``, ``"1.5GiB"`` or ``"25%"`` (of ``total_bytes``).
+
+    Raises:
+        InvalidInputError: naming the value and the accepted forms.
+    """
+    if isinstance(value, int):
+        result = value
+    else:
+        text = value.strip()
+        units = {"%": None, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 1024.0, "MIB": 1024.0**2, "GIB": 1024.0**3, "B": 1.0}
+        number, scale = text, 1.0
+        for suffix, factor in units.items():
+            if text.upper().endswith(suffix):
+                number = text[: -len(suffix)].strip()
+                scale = total_bytes / 100.0 if factor is None else factor
+                break
+        try:
+            result = int(float(number) * scale)
+        except ValueError:
+            raise InvalidInputError(
+                f"budget {value!r}: expected bytes (800000000), a size (800MB, 1.5GiB) or a share (25%)") from None
+    if result <= 0:
+        raise InvalidInputError(f"budget {value!r} must be more than 0 bytes")
+    return result

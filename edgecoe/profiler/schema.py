@@ -1,0 +1,110 @@
+"""Device profiles: what a device offers and what experts cost on it (versioned JSON).
+
+A profile says, per processor, how much memory resident experts may use and
+how many executors to run, and per architecture x processor kind what
+execution (latency ~ K*n + B) and loading cost. The runtime takes budgets,
+batch limits and cost estimates from here; ``edgecoe profile`` (issue 4)
+measures them. Unknown fields are errors; every error names its field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgecoe.errors import InvalidInputError, Problem
+
+PROFILE_VERSION = 1
+ProcessorKind = Literal["cpu", "cuda", "coreml"]
+
+
+class ProfileError(InvalidInputError):
+    """A device profile is unreadable or invalid; ``problems`` lists each fault."""
+
+    def __init__(self, subject: str | Path, problems: list[Problem]) -> None:
+        self.subject = str(subject)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"device profile {subject} is invalid ({len(problems)} problem(s)):\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProcessorProfile(_Strict):
+    """One processor: where its experts run and how much of its memory they may use."""
+
+    id: str = Field(pattern=r"^(cpu|cuda:\d+|coreml)$", description="cpu, cuda:N or coreml")
+    budget_bytes: int = Field(gt=0, description="memory for resident expert sessions on this processor")
+    num_executors: int = Field(default=1, ge=1, le=64)
+    intra_op_threads: int = Field(default=0, ge=0, description="ORT threads per executor; 0 = ORT default")
+    provider_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @property
+    def kind(self) -> ProcessorKind:
+        return self.id.split(":")[0]  # type: ignore[return-value]
+
+
+class ArchitectureCost(_Strict):
+    """Cost of one architecture on one processor kind."""
+
+    k_ms: float = Field(ge=0, description="execution time per batch item")
+    b_ms: float = Field(ge=0, description="fixed execution time per batch")
+    max_batch: int = Field(ge=1, description="largest useful batch")
+    load_ms: float = Field(ge=0, description="making one expert resident (session creation)")
+    footprint_bytes: int | None = Field(default=None, ge=0, description="resident memory of one expert")
+    item_bytes: int = Field(default=0, ge=0, description="extra memory per batch item while running")
+
+
+class DeviceProfile(_Strict):
+    """The whole profile file."""
+
+    version: Literal[1] = PROFILE_VERSION
+    name: str
+    memory: Literal["uma", "numa"]
+    host_budget_bytes: int | None = Field(default=None, gt=0, description="NUMA: host-memory tier for expert bytes")
+    processors: list[ProcessorProfile] = Field(min_length=1)
+    costs: dict[str, dict[str, ArchitectureCost]] = Field(
+        default_factory=dict, description="architecture -> processor kind -> cost")
+    sources: dict[str, str] = Field(default_factory=dict, description="field -> 'measured' or 'published: <source>'")
+
+    @model_validator(mode="after")
+    def _unique_processors(self) -> DeviceProfile:
+        ids = [p.id for p in self.processors]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"processor ids must be unique, repeated: {dupes}")
+        return self
+
+    def cost(self, architecture: str, kind: str) -> ArchitectureCost | None:
+        return self.costs.get(architecture, {}).get(kind)
+
+    def with_budget(self, processor_id: str, budget_bytes: int) -> DeviceProfile:
+        procs = [p.model_copy(update={"budget_bytes": budget_bytes}) if p.id == processor_id else p
+                 for p in self.processors]
+        return self.model_copy(update={"processors": procs})
+
+
+def load_profile(path: str | Path) -> DeviceProfile:
+    """Read and validate a profile JSON file.
+
+    Raises:
+        ProfileError: naming the file and each invalid field.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(path, [Problem(str(path), f"cannot read: {exc}")]) from exc
+    except json.JSONDecodeError as exc:
+        raise ProfileError(path, [Problem(f"{path.name}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}")]) from exc
+    try:
+        return DeviceProfile.model_validate(raw)
+    except ValidationError as exc:
+        from edgecoe.package.loader import pydantic_problems
+
+        raise ProfileError(path, pydantic_problems(path.name, exc)) from exc

@@ -1,0 +1,92 @@
+"""What a request returns and what a run reports."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecoe.errors import EdgecoeError
+
+
+class RequestError(EdgecoeError):
+    """A request failed; ``expert`` is where (None: before any expert ran)."""
+
+    def __init__(self, request_id: str, expert: str | None, cause: str) -> None:
+        self.request_id = request_id
+        self.expert = expert
+        self.cause = cause
+        where = f"at expert {expert!r}" if expert else "before routing"
+        super().__init__(f"request {request_id} failed {where}: {cause}")
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished request.
+
+    Attributes:
+        request_id: the id it was submitted with.
+        outputs: the last expert's outputs for this request (one item, no batch axis).
+        path: experts visited, in the order they ran.
+        leaves: outputs of every expert the request stopped at (several after a fan-out).
+        latency_ms: from submission to completion.
+    """
+
+    request_id: str
+    outputs: dict[str, np.ndarray]
+    path: list[str]
+    leaves: dict[str, dict[str, np.ndarray]]
+    latency_ms: float
+
+
+@dataclass
+class Report:
+    """Summary of a run; ``to_json`` gives the documented report format (README)."""
+
+    policy: str
+    package: str
+    num_requests: int
+    num_completed: int
+    num_failed: int
+    wall_s: float
+    throughput_rps: float
+    latency_ms: dict[str, float]
+    num_switches: int
+    num_hits: int
+    num_prefetches: int
+    num_evictions: int
+    bytes_loaded: int
+    peak_bytes: dict[str, int]
+    budget_bytes: dict[str, int]
+    executors: dict[str, int]
+    startup_s: float
+    simulated: bool = False
+    profile: str = ""
+    errors: dict[str, int] = field(default_factory=dict)  # cause -> count
+    machine: dict[str, str] = field(default_factory=lambda: machine_info())
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def latency_summary(latencies_ms: list[float]) -> dict[str, float]:
+    if not latencies_ms:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "mean": 0.0, "max": 0.0}
+    arr = np.asarray(latencies_ms)
+    return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
+            "p99": float(np.percentile(arr, 99)), "mean": float(arr.mean()), "max": float(arr.max())}
+
+
+def machine_info() -> dict[str, str]:
+    import os
+
+    import onnxruntime as ort
+
+    return {"machine": platform.machine(), "system": platform.system(), "cpus": str(os.cpu_count()),
+            "python": platform.python_version(), "onnxruntime": ort.__version__}

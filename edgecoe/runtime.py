@@ -1,0 +1,602 @@
+"""The runtime: executors (threads), per-processor expert caches, scheduling, routing.
+
+Data flows one way: ``submit`` validates a request and queues a task for its
+preliminary expert; an executor takes the batch its scheduling policy hands
+it, makes the expert resident through its processor's :class:`ExpertCache`,
+runs the batch, and routes each item on (a new task re-enters scheduling) or
+completes its request's future. ``InferenceSession.run`` releases the GIL, so
+executor threads run in parallel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecoe.cache import CacheLoadError, ExpertCache, create_eviction_policy
+from edgecoe.config import RuntimeConfig, parse_budget
+from edgecoe.errors import InvalidInputError
+from edgecoe.memory import process_memory_bytes, release_freed_memory
+from edgecoe.package import Package, load_package
+from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
+from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
+from edgecoe.providers import ProviderChoice, SessionError, choose_providers, create_session
+from edgecoe.results import Report, RequestError, Result, latency_summary
+from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler, get_preset
+from edgecoe.sched.types import Batch
+from edgecoe.workload import Workload, materialize
+
+logger = logging.getLogger(__name__)
+
+
+def default_profile() -> DeviceProfile:
+    """A profile for this machine when none is given: one CPU processor, UMA.
+
+    Budget: 40 % of available memory; executors: 2 (one loads while the other runs).
+    """
+    available = _available_memory_bytes()
+    return DeviceProfile(
+        name="default-cpu", memory="uma",
+        processors=[ProcessorProfile(id="cpu", budget_bytes=max(1, int(available * 0.4)), num_executors=2)],
+        sources={"*": "defaults: no profile given"},
+    )
+
+
+def _available_memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 1024**3
+
+
+@dataclass
+class _Request:
+    """A request in flight."""
+
+    id: str
+    inputs: dict[str, np.ndarray]
+    future: Future[Result]
+    submitted_ms: float
+    pending: int = 1  # tasks not finished yet (fan-out adds some)
+    path: list[str] = field(default_factory=list)
+    leaves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    last_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class _Payload:
+    request: _Request
+    inputs: dict[str, np.ndarray]
+
+
+class Runtime:
+    """Serves one package. Use :func:`edgecoe.load` to make one; close it (or use ``with``).
+
+    Thread-safe: ``submit`` may be called from any thread.
+    """
+
+    def __init__(self, package: Package, *, config: RuntimeConfig | None = None,
+                 profile: DeviceProfile | None = None) -> None:
+        self.config = config or RuntimeConfig()
+        self.config.validate()
+        self.package = package
+        self.preset = get_preset(self.config.policy)
+        self.profile = profile or default_profile()
+        self._start = time.perf_counter()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._closing = False
+        self._seq = itertools.count()
+        self._requests: dict[str, _Request] = {}
+        self._latencies_ms: list[float] = []
+        self._num_completed = 0
+        self._num_failed = 0
+        self._errors: dict[str, int] = {}
+        self._num_prefetches = 0
+        self._running: dict[int, str] = {}  # executor -> expert it is running
+
+        manifest = package.manifest
+        self._input_specs = {s.name: s for s in manifest.inputs}
+        self.executors: list[ExecutorInfo] = []
+        self._choices: dict[str, ProviderChoice] = {}
+        for processor in self.profile.processors:
+            self._choices[processor.id] = choose_providers(
+                processor, allow_cpu_fallback=self.config.allow_cpu_fallback)
+            count = self.config.num_executors or (processor.num_executors if self.preset.parallel else 1)
+            if not self.preset.parallel:
+                count = 1
+            for _ in range(count):
+                self.executors.append(ExecutorInfo(len(self.executors), processor.id, processor.kind))
+        self._threads_per_executor = {
+            p.id: (p.intra_op_threads or self.config.threads_per_executor(
+                sum(1 for e in self.executors if e.processor_id == p.id)))
+            for p in self.profile.processors}
+
+        bytes_of = {n: e.total_bytes for n, e in manifest.experts.items()}
+        self.cost = CostModel(
+            architecture_of={n: e.architecture for n, e in manifest.experts.items()}, bytes_of=bytes_of,
+            profile=self.profile, resident=lambda expert, proc: self.caches[proc].contains(expert),
+            max_batch_cap=None if self.preset.batching else 1)
+        self._footprints = self._measure_footprints()
+        self.profile = self._apply_budget(self.profile)
+        self.caches: dict[str, ExpertCache] = {}
+        for processor in self.profile.processors:
+            self._check_fits(processor)
+            self.caches[processor.id] = ExpertCache(
+                budget_bytes=processor.budget_bytes, loader=self._loader(processor.id),
+                unloader=self._unload, size_of=self.footprint, policy=self._eviction_policy())
+        self.scheduler = create_scheduler(
+            self.preset.scheduler, self.executors, self.cost,
+            free_bytes=lambda proc: self.caches[proc].free_bytes, expert_bytes=self.footprint,
+            max_delay_ms=self.config.max_delay_ms)
+        if self.preset.preload:
+            self._preload()
+        self.startup_s = time.perf_counter() - self._start
+        self._threads = [threading.Thread(target=self._executor_loop, args=(e,), daemon=True,
+                                          name=f"edgecoe-executor-{e.index}") for e in self.executors]
+        self._prefetch_hints: list[tuple[str, list[str]]] = []
+        self._prefetch_thread: threading.Thread | None = None
+        if self.preset.prefetch:
+            self._prefetch_thread = threading.Thread(target=self._prefetch_loop, daemon=True, name="edgecoe-prefetch")
+            self._prefetch_thread.start()
+        for thread in self._threads:
+            thread.start()
+
+    # -- setup -------------------------------------------------------------------
+    @property
+    def total_footprint_bytes(self) -> int:
+        """Resident bytes of every expert together: what a percentage budget is a share of."""
+        return sum(self.footprint(n) for n in self.package.experts)
+
+    def _apply_budget(self, profile: DeviceProfile) -> DeviceProfile:
+        if self.config.budget is None:
+            return profile
+        budget = parse_budget(self.config.budget, total_bytes=self.total_footprint_bytes)
+        for processor in profile.processors:
+            profile = profile.with_budget(processor.id, budget)
+        return profile
+
+    def _eviction_policy(self):  # type: ignore[no-untyped-def]
+        manifest = self.package.manifest
+        return create_eviction_policy(
+            self.config.eviction or self.preset.eviction,
+            usage_probability={n: e.usage_probability for n, e in manifest.experts.items()},
+            parents=self.package.graph.parents, future_uses=[])
+
+    def _model_path(self, expert: str) -> tuple[Path, bool]:
+        record = self.package.experts[expert]
+        optimized = self.config.use_optimized and record.optimized is not None
+        return self.package.model_path(expert, optimized=optimized), optimized
+
+    def _create(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
+        path, optimized = self._model_path(expert)
+        return create_session(path, providers=self._choices[processor_id].providers,  # type: ignore[arg-type]
+                              optimization="none" if optimized else "all",
+                              intra_op_threads=self._threads_per_executor[processor_id])
+
+    def _measure_footprints(self) -> dict[str, int]:
+        """Resident memory per architecture, measured by loading one expert of each.
+
+        NOTE: measured here, before executors start, because process-wide
+        memory deltas are only meaningful when nothing else allocates.
+        Falls back to file bytes when the measurement is below them (shared
+        pages) or fails.
+        """
+        footprints: dict[str, int] = {}
+        first_of: dict[str, str] = {}
+        for name, record in self.package.experts.items():
+            first_of.setdefault(record.architecture, name)
+        processor = self.profile.processors[0].id
+        for arch, expert in first_of.items():
+            cost = self.profile.cost(arch, self.profile.processors[0].kind)
+            if cost is not None and cost.footprint_bytes:
+                footprints[arch] = cost.footprint_bytes
+                continue
+            footprints[arch] = self._measure_one(expert, processor)
+        return footprints
+
+    def _measure_one(self, expert: str, processor: str, copies: int = 3) -> int:
+        """PSS growth per session over ``copies`` live sessions of one expert (averages allocator noise)."""
+        file_bytes = self.package.experts[expert].total_bytes
+        release_freed_memory()
+        before = process_memory_bytes()
+        sessions = []
+        try:
+            for _ in range(copies):
+                sessions.append(self._create(expert, processor))
+        except SessionError:
+            return file_bytes
+        per_session = (process_memory_bytes() - before) // copies
+        del sessions
+        release_freed_memory()
+        return max(per_session, file_bytes)
+
+    def footprint(self, expert: str) -> int:
+        """Bytes an expert occupies once resident (measured per architecture)."""
+        return self._footprints[self.package.experts[expert].architecture]
+
+    def _check_fits(self, processor: ProcessorProfile) -> None:
+        too_big = [(n, self.footprint(n)) for n in self.package.experts if self.footprint(n) > processor.budget_bytes]
+        if too_big:
+            name, size = max(too_big, key=lambda t: t[1])
+            raise InvalidInputError(
+                f"expert {name!r} needs {size} bytes resident but processor {processor.id} has a budget of "
+                f"{processor.budget_bytes} bytes ({len(too_big)} expert(s) can never fit); raise the budget")
+
+    def _loader(self, processor_id: str) -> Callable[[str], tuple[object, int]]:
+        kind = processor_id.split(":")[0]
+
+        def load(expert: str) -> tuple[object, int]:
+            started = time.perf_counter()
+            session = self._create(expert, processor_id)
+            self.cost.observe_load(expert, kind, (time.perf_counter() - started) * 1e3)
+            return session, self.footprint(expert)
+
+        return load
+
+    @staticmethod
+    def _unload(expert: str, handle: object) -> None:
+        del handle  # dropping the last reference frees the session
+
+    def _preload(self) -> None:
+        """Fill each processor's budget with the most likely experts (CoServe start-up)."""
+        ranked = sorted(self.package.experts, key=lambda n: -self.package.experts[n].usage_probability)
+        for cache in self.caches.values():
+            for expert in ranked:
+                if self.footprint(expert) <= cache.free_bytes:
+                    try:
+                        cache.acquire(expert, wait=False)
+                    except CacheLoadError as exc:
+                        logger.warning("preload of %s failed: %s", expert, exc)
+                        continue
+                    cache.release(expert)
+
+    # -- public API ----------------------------------------------------------------
+    def now_ms(self) -> float:
+        return (time.perf_counter() - self._start) * 1e3
+
+    def submit(self, inputs: Mapping[str, np.ndarray], metadata: Mapping[str, object] | None = None, *,
+               request_id: str | None = None) -> Future[Result]:
+        """Queue one request (one item per input, no batch axis).
+
+        Returns:
+            A future resolving to a :class:`Result`, or raising :class:`RequestError`.
+
+        Raises:
+            InvalidInputError: inputs or metadata do not fit the package (nothing is queued).
+            RuntimeError: the runtime is closed.
+        """
+        arrays = self._validate_inputs(inputs)
+        try:
+            first = entry_expert(self.package.manifest.entry, metadata or {})
+        except RoutingError as exc:
+            raise InvalidInputError(str(exc)) from None
+        future: Future[Result] = Future()
+        with self._work:
+            if self._closing:
+                raise RuntimeError("runtime is closed")
+            seq = next(self._seq)
+            rid = request_id or f"req-{seq}"
+            if rid in self._requests:
+                raise InvalidInputError(f"request id {rid!r} is already in flight")
+            now = self.now_ms()
+            request = _Request(rid, arrays, future, now)
+            self._requests[rid] = request
+            self.scheduler.add(Task(rid, first, now, seq, _Payload(request, arrays)), now)
+            self._work.notify_all()
+        return future
+
+    def _validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = sorted(set(self._input_specs) - set(inputs))
+        extra = sorted(set(inputs) - set(self._input_specs))
+        if missing or extra:
+            raise InvalidInputError(f"request inputs {sorted(inputs)}: missing {missing}, unexpected {extra}")
+        out = {}
+        for name, spec in self._input_specs.items():
+            array = np.asarray(inputs[name])
+            if array.dtype != np.dtype(spec.dtype):
+                raise InvalidInputError(f"input {name!r} has dtype {array.dtype}, expected {spec.dtype}")
+            if len(array.shape) != len(spec.shape) or any(
+                    isinstance(d, int) and d != s for d, s in zip(spec.shape, array.shape)):
+                raise InvalidInputError(f"input {name!r} has shape {list(array.shape)}, expected {spec.shape_str()} "
+                                        "(one item, no batch axis)")
+            out[name] = array
+        return out
+
+    def run(self, workload: Workload, *, progress: Callable[[int, int], None] | None = None) -> Report:
+        """Submit a workload at its arrival times and wait for every request.
+
+        Args:
+            progress: called with (finished, total) as requests finish.
+        """
+        total = len(workload)
+        done = 0
+        done_lock = threading.Lock()
+        start_ms = self.now_ms()
+        stats_before = self._cache_totals()
+        futures: list[Future[Result]] = []
+
+        def finished(_: Future[Result]) -> None:
+            nonlocal done
+            with done_lock:
+                done += 1
+                count = done
+            if progress:
+                progress(count, total)
+
+        for request in workload.requests:
+            delay_s = (start_ms + request.arrival_ms - self.now_ms()) / 1e3
+            if delay_s > 0:
+                time.sleep(delay_s)
+            inputs = materialize(request, self.package.manifest.inputs, workload.base_dir)
+            try:
+                future = self.submit(inputs, request.metadata, request_id=request.id)
+            except InvalidInputError as exc:
+                future = Future()
+                future.set_exception(RequestError(request.id, None, str(exc)))
+                with self._lock:
+                    self._num_failed += 1
+                    self._errors[str(exc)[:80]] = self._errors.get(str(exc)[:80], 0) + 1
+            future.add_done_callback(finished)
+            futures.append(future)
+        for future in futures:
+            future.exception()  # waits; failures are counted where they happen
+        wall_s = (self.now_ms() - start_ms) / 1e3
+        return self._report(total, futures, wall_s, stats_before)
+
+    def close(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Stop the executors.
+
+        Args:
+            drain: finish queued requests first (True) or fail them with
+                RequestError("cancelled") (False).
+        """
+        with self._work:
+            if self._closing and not any(t.is_alive() for t in self._threads):
+                return
+            if not drain:
+                while len(self.scheduler):
+                    for executor in range(len(self.executors)):
+                        batch = self.scheduler.pop_batch(executor, self.now_ms())
+                        if batch is not None:
+                            for task in batch.tasks:
+                                self._fail_locked(task, "cancelled: runtime closed without draining")
+            self._closing = True
+            self._work.notify_all()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in [*self._threads, *([self._prefetch_thread] if self._prefetch_thread else [])]:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for cache in self.caches.values():
+            cache.clear()
+        release_freed_memory()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- executors -------------------------------------------------------------------
+    def _executor_loop(self, info: ExecutorInfo) -> None:
+        while True:
+            with self._work:
+                while True:
+                    batch = self.scheduler.pop_batch(info.index, self.now_ms())
+                    if batch is not None:
+                        self._running[info.index] = batch.expert
+                        break
+                    if self._closing and not self._requests_pending_locked():
+                        return
+                    self._work.wait(timeout=0.5)
+            try:
+                self._run_batch(info, batch)
+            finally:
+                with self._work:
+                    self._running.pop(info.index, None)
+                    self.scheduler.batch_done(info.index, self.now_ms())
+                    self._work.notify_all()
+
+    def _requests_pending_locked(self) -> bool:
+        return bool(self._requests)
+
+    def _run_batch(self, info: ExecutorInfo, batch: Batch) -> None:
+        cache = self.caches[info.processor_id]
+        expert = batch.expert
+        if self.preset.prefetch:
+            self._hint_prefetch(info.processor_id, expert, len(batch.tasks))
+        try:
+            acquired = cache.acquire(expert)
+        except (CacheLoadError, ValueError) as exc:
+            with self._work:
+                for task in batch.tasks:
+                    self._fail_locked(task, str(exc))
+            return
+        assert acquired is not None
+        record = self.package.experts[expert]
+        try:
+            started = time.perf_counter()
+            outputs = self._execute(acquired.handle, record, batch.tasks)
+            self.cost.observe_exec(expert, info.kind, len(batch.tasks), (time.perf_counter() - started) * 1e3)
+        except Exception as exc:  # noqa: BLE001 - one expert's failure must not stop the executor
+            with self._work:
+                for task in batch.tasks:
+                    self._fail_locked(task, f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            cache.release(expert)
+        with self._work:
+            for index, task in enumerate(batch.tasks):
+                self._route_locked(task, record.route, outputs, index)
+            self._work.notify_all()
+
+    def _execute(self, session, record, tasks: list[Task]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+        """Run a batch; items whose input shapes differ run in separate same-shape groups."""
+        names = [s.name for s in record.inputs]
+        output_names = [s.name for s in record.outputs]
+        groups: dict[tuple, list[int]] = {}
+        for i, task in enumerate(tasks):
+            key = tuple(task.payload.inputs[n].shape for n in names)
+            groups.setdefault(key, []).append(i)
+        per_item: list[dict[str, np.ndarray]] = [{} for _ in tasks]
+        for indices in groups.values():
+            feeds = {n: np.stack([tasks[i].payload.inputs[n] for i in indices]) for n in names}
+            results = session.run(output_names, feeds)
+            for name, array in zip(output_names, results):
+                for row, i in enumerate(indices):
+                    per_item[i][name] = array[row]
+        # Re-stack per output so routing sees [batch, ...] arrays in task order.
+        return {name: np.stack([item[name] for item in per_item]) for name in output_names}
+
+    def _route_locked(self, task: Task, route, outputs: dict[str, np.ndarray], index: int) -> None:  # type: ignore[no-untyped-def]
+        payload: _Payload = task.payload  # type: ignore[assignment]
+        request = payload.request
+        if request.failed:
+            return
+        item = {name: array[index] for name, array in outputs.items()}
+        request.path.append(task.expert)
+        try:
+            targets = next_experts(route, outputs, index)
+        except RoutingError as exc:
+            self._fail_locked(task, f"routing: {exc}")
+            return
+        if not targets:
+            request.leaves[task.expert] = item
+            request.last_outputs = item
+            self._finish_task_locked(request)
+            return
+        request.pending += len(targets) - 1
+        now = self.now_ms()
+        for target in targets:
+            specs = self.package.experts[target].inputs
+            inputs = {s.name: request.inputs[s.name] if s.name in request.inputs else item[s.name] for s in specs}
+            self.scheduler.add(Task(request.id, target, now, next(self._seq), _Payload(request, inputs)), now)
+
+    def _finish_task_locked(self, request: _Request) -> None:
+        request.pending -= 1
+        if request.pending > 0:
+            return
+        latency = self.now_ms() - request.submitted_ms
+        self._requests.pop(request.id, None)
+        self._num_completed += 1
+        self._latencies_ms.append(latency)
+        request.future.set_result(Result(request.id, request.last_outputs, list(request.path),
+                                         dict(request.leaves), latency))
+
+    def _fail_locked(self, task: Task, cause: str) -> None:
+        request: _Request = task.payload.request  # type: ignore[union-attr]
+        if request.failed:
+            return
+        request.failed = True
+        self._requests.pop(request.id, None)
+        self._num_failed += 1
+        key = cause[:80]
+        self._errors[key] = self._errors.get(key, 0) + 1
+        request.future.set_exception(RequestError(request.id, task.expert, cause))
+
+    # -- prefetch ------------------------------------------------------------------------
+    def _hint_prefetch(self, processor_id: str, expert: str, num_items: int) -> None:
+        record = self.package.experts[expert]
+        shares = edge_fractions(record, None)
+        if not shares:
+            return
+        likely = sorted(shares, key=lambda n: -shares[n])
+        with self._work:
+            self._prefetch_hints.append((processor_id, likely[:2]))
+            self._work.notify_all()
+
+    def _prefetch_loop(self) -> None:
+        while True:
+            with self._work:
+                while not self._prefetch_hints:
+                    if self._closing:
+                        return
+                    self._work.wait(timeout=0.5)
+                processor_id, experts = self._prefetch_hints.pop()
+                self._prefetch_hints.clear()  # only the newest hint matters
+                protect = frozenset(self.scheduler.queued_experts()) | frozenset(self._running.values())
+            cache = self.caches[processor_id]
+            for expert in experts:
+                if cache.contains(expert):
+                    continue
+                try:
+                    got = cache.acquire(expert, protect=protect, wait=False)
+                except (CacheLoadError, ValueError) as exc:
+                    logger.debug("prefetch of %s failed: %s", expert, exc)
+                    continue
+                if got is not None:
+                    cache.release(expert)
+                    with self._lock:
+                        self._num_prefetches += 1
+
+    # -- reporting -------------------------------------------------------------------------
+    def _cache_totals(self) -> dict[str, int]:
+        totals = {"misses": 0, "hits": 0, "evictions": 0, "bytes_loaded": 0}
+        for cache in self.caches.values():
+            totals["misses"] += cache.stats.num_misses
+            totals["hits"] += cache.stats.num_hits
+            totals["evictions"] += cache.stats.num_evictions
+            totals["bytes_loaded"] += cache.stats.bytes_loaded
+        with self._lock:
+            totals["prefetches"] = self._num_prefetches
+        return totals
+
+    def _report(self, total: int, futures: list[Future[Result]], wall_s: float, before: dict[str, int]) -> Report:
+        after = self._cache_totals()
+        completed = sum(1 for f in futures if f.exception() is None)
+        latencies = [f.result().latency_ms for f in futures if f.exception() is None]
+        with self._lock:
+            errors = dict(self._errors)
+        prefetches = after["prefetches"] - before["prefetches"]
+        return Report(
+            policy=self.config.policy, package=self.package.name, num_requests=total, num_completed=completed,
+            num_failed=total - completed, wall_s=wall_s, throughput_rps=completed / wall_s if wall_s > 0 else 0.0,
+            latency_ms=latency_summary(latencies),
+            num_switches=after["misses"] - before["misses"] - prefetches,
+            num_hits=after["hits"] - before["hits"], num_prefetches=prefetches,
+            num_evictions=after["evictions"] - before["evictions"],
+            bytes_loaded=after["bytes_loaded"] - before["bytes_loaded"],
+            peak_bytes={p: c.stats.peak_bytes for p, c in self.caches.items()},
+            budget_bytes={p: c.budget_bytes for p, c in self.caches.items()},
+            executors={p.id: sum(1 for e in self.executors if e.processor_id == p.id) for p in self.profile.processors},
+            startup_s=self.startup_s, profile=self.profile.name, errors=errors,
+        )
+
+
+def load(package: str | Path | Package, *, profile: str | Path | DeviceProfile | None = None,
+         policy: str = "edgecoe", config: RuntimeConfig | None = None, **overrides: object) -> Runtime:
+    """Load a package and start a runtime for it.
+
+    Args:
+        package: package directory (or a loaded :class:`Package`).
+        profile: device profile (path or object); default: this machine's defaults.
+        policy: preset name, used when ``config`` is not given.
+        config: full configuration; ``overrides`` replace its fields.
+
+    Raises:
+        PackageError, ProfileError, InvalidInputError, ProviderUnavailableError.
+    """
+    from dataclasses import replace
+
+    from edgecoe.profiler.schema import load_profile
+
+    config = config or RuntimeConfig(policy=policy)
+    if overrides:
+        config = replace(config, **overrides)  # type: ignore[arg-type]
+    config.validate()
+    pkg = package if isinstance(package, Package) else load_package(package, verify=config.verify)  # type: ignore[arg-type]
+    prof = load_profile(profile) if isinstance(profile, (str, Path)) else profile
+    return Runtime(pkg, config=config, profile=prof)
+
+

@@ -1,0 +1,335 @@
+"""Scheduling policies: where a task queues and which batch an executor runs next.
+
+Each policy is a queue structure with the same small interface (vLLM-style
+request queues): :meth:`add` places a task, :meth:`pop_batch` returns the
+next :class:`Batch` for an executor (or None), :meth:`batch_done` tells it an
+executor is free. Policies are plain single-threaded objects; the runtime
+(or the simulator) calls them under its own lock. Choose by name with
+:func:`create_scheduler`.
+
+- ``fcfs``: one queue in arrival order, any executor takes the head (Samba-CoE).
+- ``round-robin``: tasks dealt to executors in turn, each runs its own queue in
+  order (Samba-CoE Parallel).
+- ``coserve``: CoServe's dependency-aware scheduler: *assign* to the executor
+  that minimises the makespan (K*n+B execution plus load latency unless the
+  expert is resident or already queued there; ties by smallest added time),
+  *arrange* behind queued tasks for the same expert, *split* groups into
+  batches of at most min(max batch, what fits in free memory).
+- ``edgecoe``: coserve, but assign by earliest finish time (weighs a switch on
+  an idle executor against waiting for one that holds the expert), and a bound
+  on queueing delay: a group whose oldest task waited longer runs next.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edgecoe.sched.cost import CostModel
+from edgecoe.sched.types import Batch, ExecutorInfo, Task
+
+
+class SchedulingPolicy(Protocol):
+    name: str
+
+    def add(self, task: Task, now_ms: float) -> int:
+        """Queue a task; returns the executor it was placed on (-1: shared queue)."""
+        ...
+
+    def pop_batch(self, executor: int, now_ms: float) -> Batch | None:
+        """The next batch for ``executor``, removed from the queue; None if it has nothing."""
+        ...
+
+    def batch_done(self, executor: int, now_ms: float) -> None:
+        """``executor`` finished its batch."""
+        ...
+
+    def __len__(self) -> int:
+        """Tasks queued (not yet in a batch)."""
+        ...
+
+    def queued_experts(self) -> set[str]:
+        """Experts some queued task needs (never to be evicted for a prefetch)."""
+        ...
+
+
+def _take_run(queue: deque[Task], limit: int) -> list[Task]:
+    """Head task plus the tasks right behind it for the same expert, up to ``limit``."""
+    first = queue.popleft()
+    tasks = [first]
+    while queue and len(tasks) < limit and queue[0].expert == first.expert:
+        tasks.append(queue.popleft())
+    return tasks
+
+
+class FcfsQueue:
+    """One arrival-order queue shared by every executor (Samba-CoE)."""
+
+    name = "fcfs"
+
+    def __init__(self, executors: list[ExecutorInfo], cost: CostModel) -> None:
+        self.executors = executors
+        self.cost = cost
+        self._queue: deque[Task] = deque()
+        self._counts: dict[str, int] = {}
+
+    def add(self, task: Task, now_ms: float) -> int:
+        self._queue.append(task)
+        self._counts[task.expert] = self._counts.get(task.expert, 0) + 1
+        return -1
+
+    def pop_batch(self, executor: int, now_ms: float) -> Batch | None:
+        if not self._queue:
+            return None
+        info = self.executors[executor]
+        limit = self.cost.max_batch(self._queue[0].expert, info.kind)
+        tasks = _take_run(self._queue, limit)
+        self._counts[tasks[0].expert] -= len(tasks)
+        return Batch(executor, tasks[0].expert, tasks)
+
+    def batch_done(self, executor: int, now_ms: float) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def queued_experts(self) -> set[str]:
+        return {e for e, n in self._counts.items() if n > 0}
+
+
+class RoundRobinQueue:
+    """Tasks dealt to executors in turn; each executor serves its own queue in order."""
+
+    name = "round-robin"
+
+    def __init__(self, executors: list[ExecutorInfo], cost: CostModel) -> None:
+        self.executors = executors
+        self.cost = cost
+        self._queues: list[deque[Task]] = [deque() for _ in executors]
+        self._next = 0
+        self._counts: dict[str, int] = {}
+
+    def add(self, task: Task, now_ms: float) -> int:
+        executor = self._next
+        self._next = (self._next + 1) % len(self._queues)
+        self._queues[executor].append(task)
+        self._counts[task.expert] = self._counts.get(task.expert, 0) + 1
+        return executor
+
+    def pop_batch(self, executor: int, now_ms: float) -> Batch | None:
+        queue = self._queues[executor]
+        if not queue:
+            return None
+        limit = self.cost.max_batch(queue[0].expert, self.executors[executor].kind)
+        tasks = _take_run(queue, limit)
+        self._counts[tasks[0].expert] -= len(tasks)
+        return Batch(executor, tasks[0].expert, tasks)
+
+    def batch_done(self, executor: int, now_ms: float) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues)
+
+    def queued_experts(self) -> set[str]:
+        return {e for e, n in self._counts.items() if n > 0}
+
+
+@dataclass(slots=True)
+class _Group:
+    """Queued tasks of one expert on one executor; ``est_ms`` is their estimated cost."""
+
+    expert: str
+    tasks: deque[Task] = field(default_factory=deque)
+    est_ms: float = 0.0
+
+
+class CoserveQueue:
+    """CoServe's assign / arrange / split (DESIGN.md §2). See the module docstring."""
+
+    name = "coserve"
+
+    def __init__(
+        self, executors: list[ExecutorInfo], cost: CostModel, *,
+        free_bytes: Callable[[str], int] | None = None, expert_bytes: Callable[[str], int] | None = None,
+        max_delay_ms: float | None = None,
+    ) -> None:
+        self.executors = executors
+        self.cost = cost
+        self.free_bytes = free_bytes or (lambda processor_id: 1 << 62)
+        self.expert_bytes = expert_bytes or (lambda expert: 0)
+        self.max_delay_ms = max_delay_ms
+        self._groups: list[OrderedDict[str, _Group]] = [OrderedDict() for _ in executors]  # executor -> expert -> group
+        self._backlog_ms = [0.0] * len(executors)  # executor -> sum of its groups' est_ms
+        self._busy_until_ms = [0.0] * len(executors)  # executor -> estimated end of its running batch
+        self._num_tasks = 0
+        self._counts: dict[str, int] = {}  # expert -> queued tasks over all executors
+
+    # -- estimates ---------------------------------------------------------------
+    def _switch_ms(self, expert: str, executor: int) -> float:
+        info = self.executors[executor]
+        if expert in self._groups[executor] or self.cost.is_resident(expert, info.processor_id):
+            return 0.0
+        return self.cost.load_ms(expert, info.kind)
+
+    def _added_ms(self, expert: str, executor: int) -> float:
+        """Time one more task for ``expert`` adds to ``executor``'s queue."""
+        kind = self.executors[executor].kind
+        if expert in self._groups[executor]:
+            return self.cost.item_ms(expert, kind)
+        return self.cost.exec_ms(expert, kind, 1) + self._switch_ms(expert, executor)
+
+    def _queue_ms(self, executor: int, now_ms: float) -> float:
+        return max(0.0, self._busy_until_ms[executor] - now_ms) + self._backlog_ms[executor]
+
+    # -- assign --------------------------------------------------------------------
+    def choose_executor(self, expert: str, now_ms: float) -> int:
+        """Minimise the resulting makespan; ties go to the smallest added time."""
+        queue = [self._queue_ms(e, now_ms) for e in range(len(self.executors))]
+        best, best_key = 0, (float("inf"), float("inf"))
+        for e in range(len(self.executors)):
+            added = self._added_ms(expert, e)
+            others = max((q for i, q in enumerate(queue) if i != e), default=0.0)
+            key = (max(queue[e] + added, others), added)
+            if key < best_key:
+                best, best_key = e, key
+        return best
+
+    def add(self, task: Task, now_ms: float) -> int:
+        executor = self.choose_executor(task.expert, now_ms)
+        self._place(task, executor)
+        return executor
+
+    def _place(self, task: Task, executor: int) -> None:
+        added = self._added_ms(task.expert, executor)
+        groups = self._groups[executor]
+        group = groups.get(task.expert)
+        if group is None:  # arrange: a new expert starts a group at the back
+            group = groups[task.expert] = _Group(task.expert)
+        group.tasks.append(task)  # arrange: right behind queued tasks for the same expert
+        group.est_ms += added
+        self._backlog_ms[executor] += added
+        self._num_tasks += 1
+        self._counts[task.expert] = self._counts.get(task.expert, 0) + 1
+
+    # -- split -----------------------------------------------------------------------
+    def _pick_group(self, executor: int, now_ms: float) -> _Group:
+        groups = self._groups[executor]
+        head = next(iter(groups.values()))
+        if self.max_delay_ms is None:
+            return head
+        oldest = min(groups.values(), key=lambda g: (g.tasks[0].enqueued_ms, g.tasks[0].seq))
+        if now_ms - oldest.tasks[0].enqueued_ms > self.max_delay_ms:
+            return oldest
+        return head
+
+    def batch_limit(self, expert: str, executor: int) -> int:
+        """min(profiled max batch, items that fit in free memory), at least 1."""
+        info = self.executors[executor]
+        limit = self.cost.max_batch(expert, info.kind)
+        per_item = self.cost.item_bytes(expert, info.kind)
+        if per_item > 0:
+            free = self.free_bytes(info.processor_id)
+            if not self.cost.is_resident(expert, info.processor_id):
+                free -= self.expert_bytes(expert)
+            limit = min(limit, max(1, free // per_item))
+        return max(1, limit)
+
+    def pop_batch(self, executor: int, now_ms: float) -> Batch | None:
+        groups = self._groups[executor]
+        if not groups:
+            return None
+        group = self._pick_group(executor, now_ms)
+        info = self.executors[executor]
+        needs_switch = not self.cost.is_resident(group.expert, info.processor_id)
+        limit = self.batch_limit(group.expert, executor)
+        tasks = [group.tasks.popleft() for _ in range(min(limit, len(group.tasks)))]
+        estimate = self.cost.exec_ms(group.expert, info.kind, len(tasks))
+        if needs_switch:
+            estimate += self.cost.load_ms(group.expert, info.kind)
+        if group.tasks:
+            remaining = self.cost.exec_ms(group.expert, info.kind, len(group.tasks))
+        else:
+            remaining = 0.0
+            del groups[group.expert]
+        self._backlog_ms[executor] += remaining - group.est_ms
+        group.est_ms = remaining
+        self._busy_until_ms[executor] = now_ms + estimate
+        self._num_tasks -= len(tasks)
+        self._counts[group.expert] -= len(tasks)
+        return Batch(executor, group.expert, tasks, estimated_ms=estimate, needs_switch=needs_switch)
+
+    def batch_done(self, executor: int, now_ms: float) -> None:
+        self._busy_until_ms[executor] = now_ms
+
+    def __len__(self) -> int:
+        return self._num_tasks
+
+    def queued_experts(self) -> set[str]:
+        return {e for e, n in self._counts.items() if n > 0}
+
+    def queued_on(self, executor: int) -> list[tuple[str, int]]:
+        """(expert, queued tasks) per group on an executor, in run order (tests, traces)."""
+        return [(g.expert, len(g.tasks)) for g in self._groups[executor].values()]
+
+
+class EdgecoeQueue(CoserveQueue):
+    """CoServe plus earliest-finish-time assignment and a queueing-delay bound."""
+
+    name = "edgecoe"
+
+    def _finish_ms(self, expert: str, executor: int, now_ms: float) -> float:
+        """When a new task for ``expert`` would finish if placed on ``executor``."""
+        start = max(0.0, self._busy_until_ms[executor] - now_ms)
+        groups = self._groups[executor]
+        if expert not in groups:
+            return start + self._backlog_ms[executor] + self._added_ms(expert, executor)
+        through = 0.0
+        for group in groups.values():  # groups ahead of it, then its own
+            through += group.est_ms
+            if group.expert == expert:
+                break
+        return start + through + self.cost.item_ms(expert, self.executors[executor].kind)
+
+    def choose_executor(self, expert: str, now_ms: float) -> int:
+        best, best_key = 0, (float("inf"), float("inf"))
+        for e in range(len(self.executors)):
+            key = (self._finish_ms(expert, e, now_ms), self._added_ms(expert, e))
+            if key < best_key:
+                best, best_key = e, key
+        return best
+
+
+SchedulerFactory = Callable[..., SchedulingPolicy]
+
+_REGISTRY: dict[str, SchedulerFactory] = {
+    "fcfs": lambda executors, cost, **_: FcfsQueue(executors, cost),
+    "round-robin": lambda executors, cost, **_: RoundRobinQueue(executors, cost),
+    "coserve": lambda executors, cost, **kw: CoserveQueue(
+        executors, cost, free_bytes=kw.get("free_bytes"), expert_bytes=kw.get("expert_bytes")),
+    "edgecoe": lambda executors, cost, **kw: EdgecoeQueue(
+        executors, cost, free_bytes=kw.get("free_bytes"), expert_bytes=kw.get("expert_bytes"),
+        max_delay_ms=kw.get("max_delay_ms")),
+}
+
+SCHEDULERS = tuple(_REGISTRY)
+
+
+def create_scheduler(name: str, executors: list[ExecutorInfo], cost: CostModel, **context: object) -> SchedulingPolicy:
+    """Build a scheduling policy by name.
+
+    Args:
+        context: ``free_bytes`` (processor_id -> int), ``expert_bytes``
+            (expert -> int), ``max_delay_ms`` (edgecoe's starvation bound).
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise ValueError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+    if not executors:
+        raise ValueError("a scheduler needs at least one executor")
+    return factory(executors, cost, **context)

@@ -1,0 +1,55 @@
+"""Named policy presets: a scheduler, an eviction policy and the extras that go with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """What a policy name turns on.
+
+    Attributes:
+        scheduler: scheduling policy name (see ``edgecoe.sched.SCHEDULERS``).
+        eviction: eviction policy name (see ``edgecoe.cache.EVICTION_POLICIES``).
+        preload: fill memory with the most likely experts at start-up.
+        prefetch: load a running expert's likely subsequent experts into free room.
+        batching: batch tasks for one expert (False: one task at a time). FCFS baselines
+            batch only tasks that happen to be adjacent in the queue.
+        parallel: run the profile's executor count (False: one executor per processor).
+        description: one line for ``--help`` and reports.
+    """
+
+    scheduler: str
+    eviction: str
+    preload: bool
+    prefetch: bool
+    batching: bool
+    parallel: bool
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    "samba": Preset("fcfs", "lru", preload=False, prefetch=False, batching=True, parallel=False,
+                    description="Samba-CoE baseline: first-come-first-served, LRU eviction, one executor"),
+    "samba-fifo": Preset("fcfs", "fifo", preload=False, prefetch=False, batching=True, parallel=False,
+                         description="Samba-CoE with FIFO eviction"),
+    "samba-parallel": Preset("round-robin", "lru", preload=False, prefetch=False, batching=True, parallel=True,
+                             description="Samba-CoE Parallel: as many executors, round-robin, LRU"),
+    "coserve": Preset("coserve", "coserve", preload=True, prefetch=False, batching=True, parallel=True,
+                      description="CoServe as published: assign/arrange/split, two-stage eviction, preload"),
+    "edgecoe": Preset("edgecoe", "coserve", preload=True, prefetch=True, batching=True, parallel=True,
+                      description="everything we have: coserve + earliest-finish assign, delay bound, prefetch"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``.
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(PRESETS)}") from None
