@@ -16,6 +16,9 @@ from edgecoe.errors import (
     WorkloadError,
 )
 from edgecoe.package import Package, load_package
+from edgecoe.config import RuntimeConfig
+from edgecoe.results import Report, RequestError, Result
+from edgecoe.runtime import Runtime, load
 
 __all__ = [
     "EdgecoeError",
@@ -25,9 +28,15 @@ __all__ = [
     "Package",
     "PackageError",
     "Problem",
+    "Report",
+    "RequestError",
+    "Result",
+    "Runtime",
+    "RuntimeConfig",
     "SpecError",
     "VerificationError",
     "WorkloadError",
     "__version__",
+    "load",
     "load_package",
 ]

@@ -26,11 +26,12 @@ from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
 from edgecoe.memory import process_memory_bytes, release_freed_memory
 from edgecoe.package import Package, load_package
-from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
+from edgecoe.package.routing import RoutingError, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
 from edgecoe.providers import ProviderChoice, SessionError, choose_providers, create_session
 from edgecoe.results import Report, RequestError, Result, latency_summary
 from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler, get_preset
+from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
 from edgecoe.sched.types import Batch
 from edgecoe.workload import Workload, materialize
 
@@ -507,14 +508,11 @@ class Runtime:
 
     # -- prefetch ------------------------------------------------------------------------
     def _hint_prefetch(self, processor_id: str, expert: str, num_items: int) -> None:
-        record = self.package.experts[expert]
-        shares = edge_fractions(record, None)
-        if not shares:
-            return
-        likely = sorted(shares, key=lambda n: -shares[n])
-        with self._work:
-            self._prefetch_hints.append((processor_id, likely[:2]))
-            self._work.notify_all()
+        successors = likely_successors(self.package.experts[expert])
+        if successors:
+            with self._work:
+                self._prefetch_hints.append((processor_id, successors))
+                self._work.notify_all()
 
     def _prefetch_loop(self) -> None:
         while True:
@@ -526,19 +524,10 @@ class Runtime:
                 processor_id, experts = self._prefetch_hints.pop()
                 self._prefetch_hints.clear()  # only the newest hint matters
                 protect = frozenset(self.scheduler.queued_experts()) | frozenset(self._running.values())
-            cache = self.caches[processor_id]
-            for expert in experts:
-                if cache.contains(expert):
-                    continue
-                try:
-                    got = cache.acquire(expert, protect=protect, wait=False)
-                except (CacheLoadError, ValueError) as exc:
-                    logger.debug("prefetch of %s failed: %s", expert, exc)
-                    continue
-                if got is not None:
-                    cache.release(expert)
-                    with self._lock:
-                        self._num_prefetches += 1
+            loaded = maybe_prefetch(self.caches[processor_id], experts, protect=protect)
+            if loaded:
+                with self._lock:
+                    self._num_prefetches += len(loaded)
 
     # -- reporting -------------------------------------------------------------------------
     def _cache_totals(self) -> dict[str, int]:

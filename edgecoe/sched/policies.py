@@ -199,10 +199,11 @@ class CoserveQueue:
 
     def add(self, task: Task, now_ms: float) -> int:
         executor = self.choose_executor(task.expert, now_ms)
-        self._place(task, executor)
+        self.place(task, executor)
         return executor
 
-    def _place(self, task: Task, executor: int) -> None:
+    def place(self, task: Task, executor: int) -> None:
+        """Queue ``task`` on ``executor`` without assigning (arrange still applies)."""
         added = self._added_ms(task.expert, executor)
         groups = self._groups[executor]
         group = groups.get(task.expert)
