@@ -182,5 +182,96 @@ def workload_check(trace: Path) -> None:
     click.echo(f"{trace}: {len(parsed)} requests over {span:.1f} s, valid")
 
 
+def _demo_package(console: Console) -> Path:
+    """The bundled demo package, built on first use."""
+    from edgecoe.demo import build_demo, find_recipe, load_recipe
+
+    path = DEFAULT_MODELS_DIR / "pcb-small"
+    if not (path / "edgecoe.json").is_file():
+        console.print(f"building the bundled demo into {path} (first run only) ...")
+        build_demo(load_recipe(find_recipe("pcb-small")), path)
+    return path
+
+
+@main.command()
+@click.argument("package", required=False, type=click.Path(path_type=Path))
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Device profile JSON (default: this machine's defaults).")
+@click.option("--policy", default="edgecoe", show_default=True,
+              help="samba, samba-fifo, samba-parallel, coserve or edgecoe.")
+@click.option("--budget", default=None, help="Memory for resident experts: bytes, 800MB, 2GiB or 25% of all experts.")
+@click.option("--executors", "num_executors", type=click.IntRange(1, 64), default=None,
+              help="Executors per processor (default: the profile's).")
+@click.option("--workload", "workload_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A JSONL trace; otherwise one is generated from the options below.")
+@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--dist", default="zipf:1.1", show_default=True)
+@click.option("--rate", "rate_rps", type=float, default=None, help="Arrivals per second (default: all at once).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-delay-ms", type=float, default=2000.0, show_default=True,
+              help="Bound on queueing delay (edgecoe policy).")
+@click.option("--allow-cpu-fallback", is_flag=True, help="Run on CPU when a profile's provider is missing.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report JSON here.")
+@click.option("--simulate", is_flag=True,
+              help="Virtual clock with the profile's costs instead of real sessions (needs --profile with costs).")
+@_errors_are_one_line
+def run(package: Path | None, profile_path: Path | None, policy: str, budget: str | None,
+        num_executors: int | None, workload_path: Path | None, num_requests: int, dist: str,
+        rate_rps: float | None, seed: int, max_delay_ms: float, allow_cpu_fallback: bool,
+        report_path: Path | None, simulate: bool) -> None:
+    """Serve a workload on PACKAGE (default: the bundled pcb-small demo) and report."""
+    from edgecoe.config import RuntimeConfig
+    from edgecoe.profiler.schema import load_profile
+    from edgecoe.runtime import Runtime
+    from edgecoe.workload import generate_workload, read_workload
+
+    console = _console()
+    config = RuntimeConfig(policy=policy, budget=budget, num_executors=num_executors,
+                           max_delay_ms=max_delay_ms, allow_cpu_fallback=allow_cpu_fallback)
+    config.validate()
+    pkg = edgecoe.load_package(package or _demo_package(console), verify="quick")
+    profile = load_profile(profile_path) if profile_path else None
+    trace = read_workload(workload_path) if workload_path else generate_workload(
+        pkg.manifest, num_requests=num_requests, dist=dist, rate_rps=rate_rps, seed=seed)
+    if simulate:
+        from edgecoe.sim import simulate as run_simulation
+
+        if profile is None:
+            raise click.UsageError("--simulate needs --profile: a device profile with per-architecture costs")
+        report = run_simulation(pkg.manifest, profile, trace, config=config, seed=seed)
+        console.print(f"{pkg.name}: {len(pkg.experts)} experts; policy {policy}; simulated with profile "
+                      f"{profile.name} ({profile_path})")
+        _print_report(console, report)
+        if report_path:
+            report.write(report_path)
+        return
+    with Runtime(pkg, config=config, profile=profile) as runtime:
+        where = f"profile {runtime.profile.name}" + (f" ({profile_path})" if profile_path else " (built-in defaults)")
+        budgets = ", ".join(f"{p} {format_bytes(c.budget_bytes)}" for p, c in runtime.caches.items())
+        console.print(f"{pkg.name}: {len(pkg.experts)} experts; policy {policy}; {where}; budget {budgets}; "
+                      f"{len(runtime.executors)} executor(s); start-up {runtime.startup_s:.1f} s")
+        with _progress(console) as progress:
+            task = progress.add_task("serving", total=len(trace), item="")
+            report = runtime.run(trace, progress=lambda done, total: progress.update(task, completed=done))
+    _print_report(console, report)
+    if report_path:
+        report.write(report_path)
+        console.print(f"report written to {report_path}")
+
+
+def _print_report(console: Console, report: Any) -> None:
+    lat = report.latency_ms
+    console.print(
+        f"completed {report.num_completed}/{report.num_requests} (failed {report.num_failed}) in {report.wall_s:.1f} s: "
+        f"[bold]{report.throughput_rps:.1f} req/s[/bold]; latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
+        f"p99 {lat['p99']:.0f} ms")
+    peaks = ", ".join(f"{p} {format_bytes(b)} of {format_bytes(report.budget_bytes[p])}" for p, b in report.peak_bytes.items())
+    console.print(f"switches {report.num_switches}, hits {report.num_hits}, prefetches {report.num_prefetches}, "
+                  f"evictions {report.num_evictions}, loaded {format_bytes(report.bytes_loaded)}; peak {peaks}")
+    for cause, count in sorted(report.errors.items(), key=lambda kv: -kv[1])[:5]:
+        console.print(f"  {count} failed: {cause}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -61,3 +61,24 @@ def test_export_command(tmp_path):
     result = CliRunner().invoke(main, ["export", str(spec), "-o", str(tmp_path / "pkg")])
     assert result.exit_code == 0, result.output
     assert "max abs diff" in result.output and "3 experts" in result.output
+
+
+def test_run_serves_and_writes_documented_report(pcb_small, tmp_path):
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["run", str(pcb_small), "--policy", "edgecoe", "--budget", "30%",
+                                       "--requests", "40", "--rate", "400", "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "completed 40/40" in result.output and "built-in defaults" in result.output
+    data = json.loads(out.read_text())
+    for key in ("policy", "num_requests", "num_completed", "num_failed", "throughput_rps", "latency_ms",
+                "num_switches", "num_hits", "bytes_loaded", "peak_bytes"):
+        assert key in data
+    assert set(data["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert data["num_completed"] == 40 and data["peak_bytes"]["cpu"] <= data["budget_bytes"]["cpu"]
+
+
+def test_run_rejects_bad_flags_in_one_line(pcb_small):
+    result = CliRunner().invoke(main, ["run", str(pcb_small), "--policy", "fastest"])
+    assert result.exit_code == 2 and "unknown policy 'fastest'" in result.output
+    result = CliRunner().invoke(main, ["run", str(pcb_small), "--budget", "lots"])
+    assert result.exit_code == 2 and "budget 'lots'" in result.output

@@ -55,7 +55,9 @@ class ArchitectureCost(_Strict):
     k_ms: float = Field(ge=0, description="execution time per batch item")
     b_ms: float = Field(ge=0, description="fixed execution time per batch")
     max_batch: int = Field(ge=1, description="largest useful batch")
-    load_ms: float = Field(ge=0, description="making one expert resident (session creation)")
+    load_ms: float = Field(ge=0, description="making one expert resident from disk (read + session creation)")
+    host_load_ms: float | None = Field(
+        default=None, ge=0, description="NUMA: making it resident when its bytes are already in host memory")
     footprint_bytes: int | None = Field(default=None, ge=0, description="resident memory of one expert")
     item_bytes: int = Field(default=0, ge=0, description="extra memory per batch item while running")
 

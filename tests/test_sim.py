@@ -1,0 +1,99 @@
+"""Simulated mode: same schedulers and cache, virtual clock, profile costs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecoe.cli import main
+from edgecoe.config import RuntimeConfig
+from edgecoe.errors import InvalidInputError
+from edgecoe.package import load_package
+from edgecoe.package.manifest import ArgmaxRoute, ThresholdRoute
+from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile, ProcessorProfile
+from edgecoe.sched import PRESETS
+from edgecoe.sim import sample_next, simulate
+from edgecoe.workload import generate_workload
+
+
+def profile_for(pkg, *, budget_share=0.25, memory="uma", host=None):
+    costs = {}
+    for record in pkg.experts.values():
+        size = record.total_bytes * 2
+        costs[record.architecture] = {"cpu": ArchitectureCost(
+            k_ms=size / 10e6, b_ms=0.5, max_batch=8, load_ms=size / 1e6, host_load_ms=size / 4e6,
+            footprint_bytes=size)}
+    total = sum(2 * r.total_bytes for r in pkg.experts.values())
+    return DeviceProfile(name="test-sim", memory=memory, host_budget_bytes=host,
+                         processors=[ProcessorProfile(id="cpu", budget_bytes=int(total * budget_share),
+                                                      num_executors=2)], costs=costs)
+
+
+@pytest.fixture(scope="module")
+def pkg(pcb_small):
+    return load_package(pcb_small, verify="quick")
+
+
+@pytest.mark.parametrize("policy", list(PRESETS))
+def test_every_request_completes_and_budget_holds(pkg, policy):
+    trace = generate_workload(pkg.manifest, num_requests=500, rate_rps=400, seed=3)
+    report = simulate(pkg.manifest, profile_for(pkg), trace, config=RuntimeConfig(policy=policy))
+    assert report.simulated
+    assert report.num_completed == 500 and report.num_failed == 0
+    assert report.peak_bytes["cpu"] <= report.budget_bytes["cpu"]
+    assert report.wall_s > 0 and report.throughput_rps == pytest.approx(500 / report.wall_s)
+
+
+def test_simulation_is_deterministic(pkg):
+    trace = generate_workload(pkg.manifest, num_requests=300, rate_rps=300, seed=4)
+    a = simulate(pkg.manifest, profile_for(pkg), trace, seed=1)
+    b = simulate(pkg.manifest, profile_for(pkg), trace, seed=1)
+    assert a.to_dict() | {"machine": None} == b.to_dict() | {"machine": None}
+
+
+def test_coserve_beats_samba_in_simulation(pkg):
+    trace = generate_workload(pkg.manifest, num_requests=1000, rate_rps=1000, seed=5)
+    prof = profile_for(pkg)
+    samba = simulate(pkg.manifest, prof, trace, config=RuntimeConfig(policy="samba"))
+    coserve = simulate(pkg.manifest, prof, trace, config=RuntimeConfig(policy="coserve"))
+    assert coserve.throughput_rps > 2 * samba.throughput_rps
+    assert coserve.num_switches < samba.num_switches
+
+
+def test_numa_host_tier_makes_reloads_cheaper(pkg):
+    trace = generate_workload(pkg.manifest, num_requests=400, rate_rps=2000, seed=6)
+    uma = simulate(pkg.manifest, profile_for(pkg), trace, config=RuntimeConfig(policy="samba"))
+    numa = simulate(pkg.manifest, profile_for(pkg, memory="numa", host=10**12), trace,
+                    config=RuntimeConfig(policy="samba"))
+    assert numa.wall_s < uma.wall_s
+
+
+def test_missing_costs_are_a_clear_error(pkg):
+    prof = profile_for(pkg).model_copy(update={"costs": {}})
+    with pytest.raises(InvalidInputError, match="no costs for"):
+        simulate(pkg.manifest, prof, generate_workload(pkg.manifest, num_requests=1))
+
+
+def test_sample_next_follows_declared_fractions():
+    rng = np.random.default_rng(0)
+    route = ArgmaxRoute(kind="argmax", output="y", classes={1: ["d"]}, class_fractions={0: 0.25, 1: 0.75})
+    draws = [bool(sample_next(route, 2, rng)) for _ in range(4000)]
+    assert abs(np.mean(draws) - 0.75) < 0.03
+    threshold = ThresholdRoute(kind="threshold", output="s", threshold=0.0, above=["x"], fraction_above=0.1)
+    assert abs(np.mean([bool(sample_next(threshold, None, rng)) for _ in range(4000)]) - 0.1) < 0.03
+
+
+def test_cli_run_simulate(pkg, tmp_path):
+    prof = tmp_path / "p.json"
+    prof.write_text(profile_for(pkg).model_dump_json())
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["run", str(pkg.root), "--simulate", "--profile", str(prof),
+                                       "--requests", "200", "--rate", "300", "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["simulated"] is True and data["num_completed"] == 200
+    result = CliRunner().invoke(main, ["run", str(pkg.root), "--simulate"])
+    assert result.exit_code == 2 and "--profile" in result.output
