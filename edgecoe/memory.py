@@ -42,6 +42,20 @@ def rss_bytes() -> int:
         return process_memory_bytes()
 
 
+def trim_heap() -> bool:
+    """``malloc_trim(0)`` only (no garbage collection): cheap enough after each eviction."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def release_freed_memory() -> bool:
     """Return freed heap memory to the OS.
 
@@ -50,15 +64,5 @@ def release_freed_memory() -> bool:
     back. Returns False where that call does not exist (musl, macOS, jemalloc
     builds return memory themselves).
     """
-    global _libc
     gc.collect()
-    if not sys.platform.startswith("linux"):
-        return False
-    if _libc is None:
-        name = ctypes.util.find_library("c") or "libc.so.6"
-        _libc = ctypes.CDLL(name)
-    trim = getattr(_libc, "malloc_trim", None)
-    if trim is None:
-        return False
-    trim(0)
-    return True
+    return trim_heap()

@@ -24,7 +24,7 @@ import numpy as np
 from edgecoe.cache import CacheLoadError, ExpertCache, create_eviction_policy
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
-from edgecoe.memory import process_memory_bytes, release_freed_memory
+from edgecoe.memory import process_memory_bytes, release_freed_memory, trim_heap
 from edgecoe.package import Package, load_package
 from edgecoe.package.routing import RoutingError, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
@@ -107,6 +107,8 @@ class Runtime:
         self._errors: dict[str, int] = {}
         self._num_prefetches = 0
         self._running: dict[int, str] = {}  # executor -> expert it is running
+        self._trimmed_at_evictions = 0
+        self._last_trim = 0.0
 
         manifest = package.manifest
         self._input_specs = {s.name: s for s in manifest.inputs}
@@ -437,10 +439,25 @@ class Runtime:
             return
         finally:
             cache.release(expert)
+            self._maybe_trim(cache)
         with self._work:
             for index, task in enumerate(batch.tasks):
                 self._route_locked(task, record.route, outputs, index)
             self._work.notify_all()
+
+    def _maybe_trim(self, cache: ExpertCache) -> None:
+        """Give evicted sessions' memory back to the OS (glibc keeps it otherwise, DESIGN §4).
+
+        Rate-limited: at most once per 50 ms, and only after evictions happened.
+        """
+        evictions = cache.stats.num_evictions
+        now = time.perf_counter()
+        with self._lock:
+            if evictions == self._trimmed_at_evictions or now - self._last_trim < 0.05:
+                return
+            self._trimmed_at_evictions = evictions
+            self._last_trim = now
+        trim_heap()
 
     def _execute(self, session, record, tasks: list[Task]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
         """Run a batch; items whose input shapes differ run in separate same-shape groups."""
