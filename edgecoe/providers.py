@@ -146,7 +146,7 @@ def coreml_cache_options(options: dict[str, str], cache_root: Path, model_sha256
 
 
 def create_session(
-    model_path: str | Path,
+    model_path: str | Path | bytes,
     *,
     providers: list[str] | list[tuple[str, dict[str, str]]] | None = None,
     optimization: Optimization = "all",
@@ -157,7 +157,8 @@ def create_session(
     """Create an inference session.
 
     Args:
-        model_path: ONNX file (external data is found beside it).
+        model_path: ONNX file (external data is found beside it), or the
+            model's bytes (models without external data; ORT keeps them alive).
         providers: execution providers (names or (name, options)); default CPU only.
         optimization: graph optimization level.
         save_optimized_to: also write the optimized graph here (for loading
@@ -179,8 +180,10 @@ def create_session(
             options.add_session_config_entry(key, value)
     names = [p if isinstance(p, str) else p[0] for p in (providers or ["CPUExecutionProvider"])]
     provider_options = [{} if isinstance(p, str) else p[1] for p in (providers or ["CPUExecutionProvider"])]
+    source = model_path if isinstance(model_path, bytes) else str(model_path)
     try:
-        return ort.InferenceSession(str(model_path), sess_options=options, providers=names,
+        return ort.InferenceSession(source, sess_options=options, providers=names,
                                     provider_options=provider_options)
     except Exception as exc:  # noqa: BLE001 - ORT raises untyped Fail/InvalidGraph/RuntimeError
-        raise SessionError(f"onnxruntime cannot create a session for {model_path}: {exc}") from exc
+        what = f"a {len(model_path)}-byte in-memory model" if isinstance(model_path, bytes) else model_path
+        raise SessionError(f"onnxruntime cannot create a session for {what}: {exc}") from exc

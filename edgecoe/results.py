@@ -63,6 +63,7 @@ class Report:
     budget_bytes: dict[str, int]
     executors: dict[str, int]
     startup_s: float
+    load_s: float = 0.0  # time spent making experts resident (all executors together)
     simulated: bool = False
     profile: str = ""
     errors: dict[str, int] = field(default_factory=dict)  # cause -> count

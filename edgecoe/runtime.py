@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from edgecoe.cache import CacheLoadError, ExpertCache, create_eviction_policy
+from edgecoe.cache.host import HostStore
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
 from edgecoe.memory import process_memory_bytes, release_freed_memory, trim_heap
 from edgecoe.package import Package, load_package
-from edgecoe.package.routing import RoutingError, entry_expert, next_experts
+from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
 from edgecoe.providers import ProviderChoice, SessionError, choose_providers, create_session
 from edgecoe.results import Report, RequestError, Result, latency_summary
@@ -132,6 +133,9 @@ class Runtime:
             architecture_of={n: e.architecture for n, e in manifest.experts.items()}, bytes_of=bytes_of,
             profile=self.profile, resident=lambda expert, proc: self.caches[proc].contains(expert),
             max_batch_cap=None if self.preset.batching else 1)
+        # NUMA: a host-memory tier of model bytes in front of the device sessions.
+        self.host = (HostStore(self.profile.host_budget_bytes)
+                     if self.profile.memory == "numa" and self.profile.host_budget_bytes else None)
         self._footprints = self._measure_footprints()
         self.profile = self._apply_budget(self.profile)
         self.caches: dict[str, ExpertCache] = {}
@@ -185,7 +189,10 @@ class Runtime:
 
     def _create(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
         path, optimized = self._model_path(expert)
-        return create_session(path, providers=self._choices[processor_id].providers,  # type: ignore[arg-type]
+        source: Path | bytes = path
+        if self.host is not None and not self.package.experts[expert].external_data:
+            source = self.host.get(expert, path)  # NUMA: disk -> host memory -> device
+        return create_session(source, providers=self._choices[processor_id].providers,  # type: ignore[arg-type]
                               optimization="none" if optimized else "all",
                               intra_op_threads=self._threads_per_executor[processor_id])
 
@@ -324,6 +331,7 @@ class Runtime:
         Args:
             progress: called with (finished, total) as requests finish.
         """
+        self._give_future_to_policy(workload)
         total = len(workload)
         done = 0
         done_lock = threading.Lock()
@@ -358,6 +366,23 @@ class Runtime:
             future.exception()  # waits; failures are counted where they happen
         wall_s = (self.now_ms() - start_ms) / 1e3
         return self._report(total, futures, wall_s, stats_before)
+
+    def _give_future_to_policy(self, workload: Workload) -> None:
+        """Belady eviction needs the future: each request's first expert and, where its
+        route more likely goes on than not, the successor (real routing is unknown ahead)."""
+        future: list[str] = []
+        for request in workload.requests:
+            try:
+                first = entry_expert(self.package.manifest.entry, request.metadata)
+            except RoutingError:
+                continue
+            future.append(first)
+            shares = edge_fractions(self.package.experts[first], None)
+            future.extend(name for name, share in shares.items() if share >= 0.5)
+        for cache in self.caches.values():
+            set_future = getattr(cache.policy, "set_future", None)
+            if set_future is not None:
+                set_future(future)
 
     def close(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
         """Stop the executors.
@@ -573,8 +598,11 @@ class Runtime:
             num_hits=after["hits"] - before["hits"], num_prefetches=prefetches,
             num_evictions=after["evictions"] - before["evictions"],
             bytes_loaded=after["bytes_loaded"] - before["bytes_loaded"],
-            peak_bytes={p: c.stats.peak_bytes for p, c in self.caches.items()},
-            budget_bytes={p: c.budget_bytes for p, c in self.caches.items()},
+            peak_bytes={**{p: c.stats.peak_bytes for p, c in self.caches.items()},
+                        **({"host": self.host.stats.peak_bytes} if self.host else {})},
+            budget_bytes={**{p: c.budget_bytes for p, c in self.caches.items()},
+                          **({"host": self.host.budget_bytes} if self.host else {})},
+            load_s=sum(c.stats.load_seconds for c in self.caches.values()),
             executors={p.id: sum(1 for e in self.executors if e.processor_id == p.id) for p in self.profile.processors},
             startup_s=self.startup_s, profile=self.profile.name, errors=errors,
         )

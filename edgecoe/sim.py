@@ -81,13 +81,28 @@ def simulate(
 
     Every architecture in the manifest needs a cost entry for every processor
     kind in the profile (K, B, max batch, load latency, footprint).
+    With ``eviction="belady"`` the run is made twice: once with LRU to record
+    the order experts are used in, then with Belady given that order as the
+    known future (exact for FCFS, whose order does not depend on residency).
 
     Raises:
         InvalidInputError: the profile lacks costs the simulation needs, or an
             expert can never fit a budget.
     """
+    from dataclasses import replace
+
     config = config or RuntimeConfig()
     config.validate()
+    future = None
+    if (config.eviction or get_preset(config.policy).eviction) == "belady":
+        _, future = _simulate(manifest, profile, workload, replace(config, eviction="lru"), seed, None)
+    return _simulate(manifest, profile, workload, config, seed, future)[0]
+
+
+def _simulate(
+    manifest: Manifest, profile: DeviceProfile, workload: Workload, config: RuntimeConfig, seed: int,
+    future_uses: list[str] | None,
+) -> tuple[Report, list[str]]:
     preset = get_preset(config.policy)
     graph = ExpertGraph.from_manifest(manifest)
     missing = sorted({(e.architecture, p.kind) for e in manifest.experts.values() for p in profile.processors
@@ -154,6 +169,26 @@ def simulate(
                 "bytes": sum(c.stats.bytes_loaded for c in caches.values())}
     rng = np.random.default_rng(seed)
     num_classes = {n: _num_classes(e) for n, e in manifest.experts.items()}
+    # Routing is drawn up front, per request, so runs with the same seed make
+    # the same routing decisions whatever the policy.
+    plans: dict[str, dict[str, list[str]]] = {}  # request -> expert -> experts it goes on to
+    for request in workload.requests:
+        try:
+            first = entry_expert(manifest.entry, request.metadata)
+        except ValueError:
+            continue
+        plan: dict[str, list[str]] = {}
+        frontier = [first]
+        while frontier:
+            expert = frontier.pop(0)
+            plan[expert] = sample_next(manifest.experts[expert].route, num_classes[expert], rng)
+            frontier.extend(plan[expert])
+        plans[request.id] = plan
+    uses: list[str] = []  # experts in the order batches acquired them
+    for cache in caches.values():
+        set_future = getattr(cache.policy, "set_future", None)
+        if set_future is not None:
+            set_future(future_uses or [])
     seq = itertools.count()
     events: list[tuple[float, int, str, object]] = []  # (time, seq, kind, data)
     for request in workload.requests:
@@ -176,6 +211,7 @@ def simulate(
         got = cache.acquire(batch.expert, wait=False)
         if got is None:
             return False
+        uses.append(batch.expert)
         duration = cost.exec_ms(batch.expert, executor.kind, len(batch.tasks))
         if not was_resident:
             duration += load_ms(batch.expert, executor.processor_id)
@@ -212,7 +248,7 @@ def simulate(
             caches[executor.processor_id].release(batch.expert)  # type: ignore[union-attr]
             scheduler.batch_done(executor.index, now)  # type: ignore[union-attr]
             for task in batch.tasks:
-                targets = sample_next(manifest.experts[task.expert].route, num_classes[task.expert], rng)
+                targets = plans[task.request_id][task.expert]
                 outstanding[task.request_id] += len(targets) - 1
                 for target in targets:
                     scheduler.add(Task(task.request_id, target, now, next(seq)), now)
@@ -241,7 +277,7 @@ def simulate(
         executors={p.id: sum(1 for e in executors if e.processor_id == p.id) for p in profile.processors},
         startup_s=0.0, simulated=True, profile=profile.name,
         errors={"no entry expert for metadata": failed} if failed else {},
-    )
+    ), uses
 
 
 def _num_classes(record: object) -> int | None:

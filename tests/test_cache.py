@@ -108,10 +108,8 @@ def test_coserve_stage1_orders_by_size():
 def test_belady_evicts_furthest_next_use():
     future = ["a", "b", "c", "a", "d", "b", "c", "c"]
     cache, loader = make_cache("belady", budget=60, future_uses=future)
-    policy = cache.policy
-    for step, expert in enumerate(future):
-        use(cache, expert)
-        policy.advance(expert)  # type: ignore[attr-defined]
+    for expert in future:
+        use(cache, expert)  # the cache reports each use to the policy (on_use)
         if expert == "d":
             # after 'a','b','c','a': next uses b@5, c@6, a never -> evict a (10) then c@6 (30)
             assert loader.unloads[:2] == ["a", "c"]
@@ -210,8 +208,6 @@ def test_budget_never_exceeded_in_long_random_run(policy):
             held.append(expert)
         if len(held) > 2 or (got is None and held):
             cache.release(held.pop(0))
-        if hasattr(cache.policy, "advance"):
-            cache.policy.advance(expert)  # type: ignore[attr-defined]
         assert cache.used_bytes <= cache.budget_bytes
         cache.check()
     for expert in held:
@@ -233,7 +229,5 @@ def test_belady_switches_no_more_than_lru():
                             size_of=sizes.__getitem__, policy=create_eviction_policy(policy, future_uses=future))
         for expert in future:
             use(cache, expert)
-            if policy == "belady":
-                cache.policy.advance(expert)  # type: ignore[attr-defined]
         misses[policy] = cache.stats.num_misses
     assert misses["belady"] < misses["lru"]

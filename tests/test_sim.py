@@ -97,3 +97,12 @@ def test_cli_run_simulate(pkg, tmp_path):
     assert data["simulated"] is True and data["num_completed"] == 200
     result = CliRunner().invoke(main, ["run", str(pkg.root), "--simulate"])
     assert result.exit_code == 2 and "--profile" in result.output
+
+
+def test_belady_eviction_runs_with_the_true_future(pkg):
+    trace = generate_workload(pkg.manifest, num_requests=600, rate_rps=600, seed=8)
+    prof = profile_for(pkg, budget_share=0.3)
+    lru = simulate(pkg.manifest, prof, trace, config=RuntimeConfig(policy="samba"))
+    belady = simulate(pkg.manifest, prof, trace, config=RuntimeConfig(policy="samba", eviction="belady"))
+    assert belady.num_completed == 600
+    assert belady.num_switches <= lru.num_switches

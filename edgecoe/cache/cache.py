@@ -166,6 +166,7 @@ class ExpertCache:
             while True:
                 entry = self._entries.get(expert)
                 if entry is not None and entry.state is EntryState.RESIDENT:
+                    self.policy.on_use(expert)
                     entry.pins += 1
                     entry.last_used_seq = next(self._seq)
                     self.stats.num_hits += 1
@@ -180,6 +181,7 @@ class ExpertCache:
                     return None
                 self._changed.wait()
             seq = next(self._seq)
+            self.policy.on_use(expert)
             self._entries[expert] = Entry(expert, needed, EntryState.LOADING, seq, seq, pins=1)
             self._used_bytes += needed
             self.stats.peak_bytes = max(self.stats.peak_bytes, self._used_bytes)

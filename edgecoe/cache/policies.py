@@ -30,11 +30,18 @@ class EvictionPolicy(Protocol):
         """Sort key; the smallest is evicted first. ``resident``: experts resident now."""
         ...
 
+    def on_use(self, expert: str) -> None:
+        """The cache tells the policy every time an expert is acquired."""
+        ...
+
 
 class LruPolicy:
     """Least recently used first (the Samba-CoE baseline)."""
 
     name = "lru"
+
+    def on_use(self, expert: str) -> None:
+        pass  # recency is tracked by the cache (last_used_seq)
 
     def priority(self, entry: CandidateView, resident: frozenset[str]) -> tuple[float, ...]:
         return (entry.last_used_seq,)
@@ -44,6 +51,9 @@ class FifoPolicy:
     """Oldest load first, however often it is used (Samba-CoE FIFO)."""
 
     name = "fifo"
+
+    def on_use(self, expert: str) -> None:
+        pass
 
     def priority(self, entry: CandidateView, resident: frozenset[str]) -> tuple[float, ...]:
         return (entry.loaded_seq,)
@@ -63,6 +73,9 @@ class CoservePolicy:
         self.usage_probability = dict(usage_probability)
         self.parents = {k: frozenset(v) for k, v in parents.items()}
 
+    def on_use(self, expert: str) -> None:
+        pass
+
     def priority(self, entry: CandidateView, resident: frozenset[str]) -> tuple[float, ...]:
         parents = self.parents.get(entry.expert, frozenset())
         if parents and not (parents & resident):
@@ -73,17 +86,25 @@ class CoservePolicy:
 class BeladyPolicy:
     """Offline optimum: evict the expert whose next use lies furthest in the future.
 
-    Needs the future order of expert uses; the runtime calls :meth:`advance`
-    each time a use happens so "next use" stays relative to now. For evaluation.
+    Needs the future order of expert uses (:meth:`set_future`); each acquire
+    (``on_use``) consumes that expert's earliest pending use, so "next use"
+    stays relative to now. For evaluation: real traces only approximate the
+    order in which a scheduler will really use experts.
     """
 
     name = "belady"
 
     def __init__(self, future_uses: Iterable[str]) -> None:
+        self.set_future(future_uses)
+
+    def set_future(self, future_uses: Iterable[str]) -> None:
         self._positions: dict[str, deque[int]] = defaultdict(deque)  # expert -> future use indices
         for index, expert in enumerate(future_uses):
             self._positions[expert].append(index)
         self._now = 0
+
+    def on_use(self, expert: str) -> None:
+        self.advance(expert)
 
     def advance(self, expert: str) -> None:
         """Record that ``expert`` was used now (its earliest pending use is consumed)."""
