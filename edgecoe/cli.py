@@ -208,7 +208,7 @@ def _demo_package(console: Console) -> Path:
 @click.option("--dist", default="zipf:1.1", show_default=True)
 @click.option("--rate", "rate_rps", type=float, default=None, help="Arrivals per second (default: all at once).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-delay-ms", type=float, default=2000.0, show_default=True,
+@click.option("--max-delay-ms", type=float, default=30000.0, show_default=True,
               help="Bound on queueing delay (edgecoe policy).")
 @click.option("--allow-cpu-fallback", is_flag=True, help="Run on CPU when a profile's provider is missing.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

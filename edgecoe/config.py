@@ -21,23 +21,34 @@ class RuntimeConfig:
             that are not parallel use 1).
         max_delay_ms: bound on queueing delay for the edgecoe scheduler; a
             group whose oldest task waited longer runs next. None: no bound.
+            NOTE: 30 s by default: a bound below the queueing delay of an
+            overloaded run turns group order into oldest-first and costs
+            throughput (measured on pcb, 2 s: -16 %); it is a starvation guard,
+            not a latency target.
         allow_cpu_fallback: run a processor's experts on CPU when its provider
             is missing (with a warning) instead of failing.
         use_optimized: load ORT-optimized copies where the package has them.
         intra_op_threads: ORT threads per executor; None: cores / executors.
         verify: package verification at load: "full" (checksums, ONNX I/O) or "quick".
         eviction: override the preset's eviction policy (lru, fifo, coserve, belady).
+        scheduler: override the preset's scheduler (fcfs, round-robin, coserve, edgecoe).
+        prefetch: override whether the preset prefetches subsequent experts
+            (default for edgecoe: on GPU/CoreML processors only, see Preset).
+        preload: override whether the preset preloads by usage probability.
     """
 
     policy: str = "edgecoe"
     budget: str | int | None = None
     num_executors: int | None = None
-    max_delay_ms: float | None = 2000.0
+    max_delay_ms: float | None = 30000.0
     allow_cpu_fallback: bool = False
     use_optimized: bool = True
     intra_op_threads: int | None = None
     verify: str = "quick"
     eviction: str | None = None
+    scheduler: str | None = None
+    prefetch: bool | None = None
+    preload: bool | None = None
 
     def validate(self) -> None:
         from edgecoe.cache import EVICTION_POLICIES
@@ -57,8 +68,23 @@ class RuntimeConfig:
             raise InvalidInputError(f"verify={self.verify!r}; expected 'full' or 'quick'")
         if self.eviction is not None and self.eviction not in EVICTION_POLICIES:
             raise InvalidInputError(f"eviction={self.eviction!r}; valid: {', '.join(EVICTION_POLICIES)}")
+        from edgecoe.sched import SCHEDULERS
+
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise InvalidInputError(f"scheduler={self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
         if self.budget is not None:
             parse_budget(self.budget, total_bytes=1 << 40)  # syntax check; the share is resolved later
+
+    def resolved_preset(self):  # type: ignore[no-untyped-def]
+        """The preset with this config's overrides applied."""
+        from dataclasses import replace
+
+        from edgecoe.sched import get_preset
+
+        preset = get_preset(self.policy)
+        changes = {k: v for k, v in (("scheduler", self.scheduler), ("eviction", self.eviction),
+                                     ("prefetch", self.prefetch), ("preload", self.preload)) if v is not None}
+        return replace(preset, **changes) if changes else preset
 
     def threads_per_executor(self, num_executors: int) -> int:
         if self.intra_op_threads is not None:

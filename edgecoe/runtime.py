@@ -31,8 +31,9 @@ from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, 
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
 from edgecoe.providers import ProviderChoice, SessionError, choose_providers, create_session
 from edgecoe.results import Report, RequestError, Result, latency_summary
-from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler, get_preset
+from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
+from edgecoe.sched.presets import prefetch_enabled
 from edgecoe.sched.types import Batch
 from edgecoe.workload import Workload, materialize
 
@@ -94,7 +95,7 @@ class Runtime:
         self.config = config or RuntimeConfig()
         self.config.validate()
         self.package = package
-        self.preset = get_preset(self.config.policy)
+        self.preset = self.config.resolved_preset()
         self.profile = profile or default_profile()
         self._start = time.perf_counter()
         self._lock = threading.Lock()
@@ -155,7 +156,8 @@ class Runtime:
                                           name=f"edgecoe-executor-{e.index}") for e in self.executors]
         self._prefetch_hints: list[tuple[str, list[str]]] = []
         self._prefetch_thread: threading.Thread | None = None
-        if self.preset.prefetch:
+        self._prefetch_on = {p.id: prefetch_enabled(self.preset, p.kind) for p in self.profile.processors}
+        if any(self._prefetch_on.values()):
             self._prefetch_thread = threading.Thread(target=self._prefetch_loop, daemon=True, name="edgecoe-prefetch")
             self._prefetch_thread.start()
         for thread in self._threads:
@@ -178,7 +180,7 @@ class Runtime:
     def _eviction_policy(self):  # type: ignore[no-untyped-def]
         manifest = self.package.manifest
         return create_eviction_policy(
-            self.config.eviction or self.preset.eviction,
+            self.preset.eviction,
             usage_probability={n: e.usage_probability for n, e in manifest.experts.items()},
             parents=self.package.graph.parents, future_uses=[])
 
@@ -442,7 +444,7 @@ class Runtime:
     def _run_batch(self, info: ExecutorInfo, batch: Batch) -> None:
         cache = self.caches[info.processor_id]
         expert = batch.expert
-        if self.preset.prefetch:
+        if self._prefetch_on[info.processor_id]:
             self._hint_prefetch(info.processor_id, expert, len(batch.tasks))
         try:
             acquired = cache.acquire(expert)

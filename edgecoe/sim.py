@@ -23,8 +23,9 @@ from edgecoe.package.manifest import ArgmaxRoute, FanoutRoute, Manifest, Thresho
 from edgecoe.package.routing import ExpertGraph, entry_expert
 from edgecoe.profiler.schema import DeviceProfile
 from edgecoe.results import Report, latency_summary
-from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler, get_preset
+from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
+from edgecoe.sched.presets import prefetch_enabled
 from edgecoe.sched.types import Batch
 from edgecoe.workload import Workload
 
@@ -94,7 +95,7 @@ def simulate(
     config = config or RuntimeConfig()
     config.validate()
     future = None
-    if (config.eviction or get_preset(config.policy).eviction) == "belady":
+    if config.resolved_preset().eviction == "belady":
         _, future = _simulate(manifest, profile, workload, replace(config, eviction="lru"), seed, None)
     return _simulate(manifest, profile, workload, config, seed, future)[0]
 
@@ -103,7 +104,7 @@ def _simulate(
     manifest: Manifest, profile: DeviceProfile, workload: Workload, config: RuntimeConfig, seed: int,
     future_uses: list[str] | None,
 ) -> tuple[Report, list[str]]:
-    preset = get_preset(config.policy)
+    preset = config.resolved_preset()
     graph = ExpertGraph.from_manifest(manifest)
     missing = sorted({(e.architecture, p.kind) for e in manifest.experts.values() for p in profile.processors
                       if profile.cost(e.architecture, p.kind) is None})
@@ -136,7 +137,7 @@ def _simulate(
         caches[processor.id] = ExpertCache(
             budget_bytes=budgets[processor.id], loader=lambda e: (None, footprint(e)), unloader=lambda e, h: None,
             size_of=footprint, policy=create_eviction_policy(
-                config.eviction or preset.eviction,
+                preset.eviction,
                 usage_probability={n: e.usage_probability for n, e in manifest.experts.items()},
                 parents=graph.parents, future_uses=[]))
     scheduler = create_scheduler(preset.scheduler, executors, cost,
@@ -219,7 +220,7 @@ def _simulate(
             duration += max(0.0, ready_at.get((executor.processor_id, batch.expert), 0.0) - now)
         busy[executor.index] = batch
         heapq.heappush(events, (now + duration, next(seq), "finish", executor))
-        if preset.prefetch:
+        if prefetch_enabled(preset, executor.kind):
             protect = frozenset(scheduler.queued_experts()) | {b.expert for b in busy.values() if b}
             for loaded in maybe_prefetch(cache, likely_successors(manifest.experts[batch.expert]), protect=protect):
                 prefetch_free_at = max(prefetch_free_at, now) + load_ms(loaded, executor.processor_id)

@@ -14,6 +14,10 @@ class Preset:
         eviction: eviction policy name (see ``edgecoe.cache.EVICTION_POLICIES``).
         preload: fill memory with the most likely experts at start-up.
         prefetch: load a running expert's likely subsequent experts into free room.
+            "auto": only on processors whose loads do not compete with execution
+            for the same cores (CUDA, CoreML). NOTE: on a 2-core CPU, prefetch
+            cost 8-20 % throughput on pcb (session creation and inference share
+            the cores), so edgecoe leaves it off there.
         batching: batch tasks for one expert (False: one task at a time). FCFS baselines
             batch only tasks that happen to be adjacent in the queue.
         parallel: run the profile's executor count (False: one executor per processor).
@@ -23,7 +27,7 @@ class Preset:
     scheduler: str
     eviction: str
     preload: bool
-    prefetch: bool
+    prefetch: bool | str
     batching: bool
     parallel: bool
     description: str
@@ -38,7 +42,7 @@ PRESETS: dict[str, Preset] = {
                              description="Samba-CoE Parallel: as many executors, round-robin, LRU"),
     "coserve": Preset("coserve", "coserve", preload=True, prefetch=False, batching=True, parallel=True,
                       description="CoServe as published: assign/arrange/split, two-stage eviction, preload"),
-    "edgecoe": Preset("edgecoe", "coserve", preload=True, prefetch=True, batching=True, parallel=True,
+    "edgecoe": Preset("edgecoe", "coserve", preload=True, prefetch="auto", batching=True, parallel=True,
                       description="everything we have: coserve + earliest-finish assign, delay bound, prefetch"),
 }
 
@@ -53,3 +57,10 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(PRESETS)}") from None
+
+
+def prefetch_enabled(preset: Preset, processor_kind: str) -> bool:
+    """Whether ``preset`` prefetches on a processor of ``processor_kind``."""
+    if preset.prefetch == "auto":
+        return processor_kind != "cpu"
+    return bool(preset.prefetch)
