@@ -21,16 +21,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgecoe.memory import drop_page_cache
 from edgecoe.package import load_package
 from edgecoe.providers import create_session
-
-
-def drop_page_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def median_ms(samples: list[float]) -> float:

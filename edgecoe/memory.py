@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import gc
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 _SMAPS = Path("/proc/self/smaps_rollup")
@@ -66,3 +67,67 @@ def release_freed_memory() -> bool:
     """
     gc.collect()
     return trim_heap()
+
+
+def measure_footprint(create: Callable[[], object], *, copies: int = 3) -> int | None:
+    """Memory one live object from ``create`` holds: PSS growth over ``copies`` live ones.
+
+    Averaging over several live copies evens out allocator noise; the heap is
+    trimmed before and after so freed memory from earlier work is not counted.
+    Returns None when ``create`` raises.
+    """
+    release_freed_memory()
+    before = process_memory_bytes()
+    held = []
+    try:
+        for _ in range(copies):
+            held.append(create())
+    except Exception:  # noqa: BLE001 - the caller decides what a failed measurement means
+        return None
+    per_copy = (process_memory_bytes() - before) // copies
+    del held
+    release_freed_memory()
+    return max(0, per_copy)
+
+
+def drop_page_cache(path: Path) -> None:
+    """Ask the kernel to drop a file's cached pages (for cold-load measurements)."""
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def cuda_memory_used_bytes(device_id: int) -> int | None:
+    """GPU memory in use on ``device_id`` per nvidia-smi, or None where it is unavailable."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=memory.used", "--format=csv,noheader,nounits", f"--id={device_id}"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return int(float(out.strip().splitlines()[0]) * 1024 * 1024)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def cuda_total_memory_bytes(device_id: int) -> int | None:
+    """Total memory of GPU ``device_id`` per nvidia-smi, or None where it is unavailable."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits", f"--id={device_id}"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return int(float(out.strip().splitlines()[0]) * 1024 * 1024)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None

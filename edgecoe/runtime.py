@@ -25,7 +25,7 @@ from edgecoe.cache import CacheLoadError, ExpertCache, create_eviction_policy
 from edgecoe.cache.host import HostStore
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
-from edgecoe.memory import process_memory_bytes, release_freed_memory, trim_heap
+from edgecoe.memory import measure_footprint, release_freed_memory, trim_heap
 from edgecoe.package import Package, load_package
 from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
@@ -219,21 +219,11 @@ class Runtime:
             footprints[arch] = self._measure_one(expert, processor)
         return footprints
 
-    def _measure_one(self, expert: str, processor: str, copies: int = 3) -> int:
-        """PSS growth per session over ``copies`` live sessions of one expert (averages allocator noise)."""
+    def _measure_one(self, expert: str, processor: str) -> int:
+        """PSS growth per live session of one expert (never below its file size)."""
+        measured = measure_footprint(lambda: self._create(expert, processor))
         file_bytes = self.package.experts[expert].total_bytes
-        release_freed_memory()
-        before = process_memory_bytes()
-        sessions = []
-        try:
-            for _ in range(copies):
-                sessions.append(self._create(expert, processor))
-        except SessionError:
-            return file_bytes
-        per_session = (process_memory_bytes() - before) // copies
-        del sessions
-        release_freed_memory()
-        return max(per_session, file_bytes)
+        return file_bytes if measured is None else max(measured, file_bytes)
 
     def footprint(self, expert: str) -> int:
         """Bytes an expert occupies once resident (measured per architecture)."""

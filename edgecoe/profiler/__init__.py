@@ -1,5 +1,23 @@
-"""Device profiles (schema now; the measuring profiler comes with issue 4)."""
+"""Offline profiler (``edgecoe profile``) and the device-profile schema."""
 
-from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile, ProcessorProfile, ProfileError, load_profile
+from edgecoe.profiler.schema import (
+    Allocation,
+    ArchitectureCost,
+    DeviceInfo,
+    DeviceProfile,
+    ProcessorProfile,
+    ProfileError,
+    load_profile,
+    save_profile,
+)
 
-__all__ = ["ArchitectureCost", "DeviceProfile", "ProcessorProfile", "ProfileError", "load_profile"]
+__all__ = [
+    "Allocation",
+    "ArchitectureCost",
+    "DeviceInfo",
+    "DeviceProfile",
+    "ProcessorProfile",
+    "ProfileError",
+    "load_profile",
+    "save_profile",
+]

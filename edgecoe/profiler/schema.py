@@ -60,6 +60,44 @@ class ArchitectureCost(_Strict):
         default=None, ge=0, description="NUMA: making it resident when its bytes are already in host memory")
     footprint_bytes: int | None = Field(default=None, ge=0, description="resident memory of one expert")
     item_bytes: int = Field(default=0, ge=0, description="extra memory per batch item while running")
+    fit_max_rel_error: float | None = Field(default=None, ge=0, description="worst relative residual of K*n+B")
+    latency_ms: dict[int, float] = Field(default_factory=dict, description="measured batch size -> latency")
+    load_cold_ms: float | None = Field(default=None, ge=0, description="from disk, file not in page cache")
+    load_warm_ms: float | None = Field(default=None, ge=0, description="from disk, file in page cache")
+    load_optimized_ms: float | None = Field(
+        default=None, ge=0, description="from a pre-optimized copy with graph optimization off")
+    representative: str | None = Field(default=None, description="the expert measured for this architecture")
+
+
+class DeviceInfo(_Strict):
+    """What the profiled machine is."""
+
+    machine: str
+    cpu_count: int = Field(ge=1)
+    host_memory_bytes: int = Field(gt=0)
+    device_memory_bytes: int | None = Field(default=None, gt=0, description="accelerator memory (NUMA)")
+    onnxruntime: str
+    providers: list[str]
+    processor_name: str = ""
+
+
+class AllocationStep(_Strict):
+    num_resident: int
+    budget_bytes: int
+    throughput_rps: float
+    predicted_rps: float | None = None
+
+
+class Allocation(_Strict):
+    """The profiler's decision and how it was reached."""
+
+    package: str
+    num_resident: int = Field(ge=0, description="experts kept resident on the fast processor (by usage probability)")
+    budget_bytes: int = Field(gt=0)
+    num_executors: dict[str, int]
+    search: list[AllocationStep] = Field(default_factory=list)
+    stop_reason: str = ""
+    executor_throughput_rps: dict[int, float] = Field(default_factory=dict, description="executors -> measured")
 
 
 class DeviceProfile(_Strict):
@@ -73,6 +111,9 @@ class DeviceProfile(_Strict):
     costs: dict[str, dict[str, ArchitectureCost]] = Field(
         default_factory=dict, description="architecture -> processor kind -> cost")
     sources: dict[str, str] = Field(default_factory=dict, description="field -> 'measured' or 'published: <source>'")
+    device: DeviceInfo | None = None
+    allocation: Allocation | None = None
+    created: str = Field(default="", description="when it was measured (ISO date)")
 
     @model_validator(mode="after")
     def _unique_processors(self) -> DeviceProfile:
@@ -89,6 +130,12 @@ class DeviceProfile(_Strict):
         procs = [p.model_copy(update={"budget_bytes": budget_bytes}) if p.id == processor_id else p
                  for p in self.processors]
         return self.model_copy(update={"processors": procs})
+
+
+def save_profile(profile: DeviceProfile, path: str | Path) -> None:
+    """Write a profile as indented JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(profile.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
 
 
 def load_profile(path: str | Path) -> DeviceProfile:

@@ -1,0 +1,141 @@
+"""Measurements on one processor: execution against batch size, loading from each
+tier, resident footprint, memory per batch item. Experts of one architecture
+are measured once, on a representative (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgecoe.errors import EdgecoeError
+from edgecoe.memory import drop_page_cache, measure_footprint, process_memory_bytes, release_freed_memory
+from edgecoe.package import Package
+from edgecoe.profiler.fit import fit_linear, largest_useful_batch
+from edgecoe.profiler.schema import ArchitectureCost, ProcessorProfile
+from edgecoe.providers import ProviderChoice, create_session
+
+_SYMBOLIC_ITEM_DIM = 8  # size for a symbolic non-batch dim (sequence length) when measuring
+
+
+class MeasurementError(EdgecoeError):
+    """A measurement could not be taken (the expert does not load or run)."""
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+def batch_inputs(pkg: Package, expert: str, batch: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of batch size ``batch`` for an expert's declared inputs."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in pkg.experts[expert].inputs:
+        shape = [batch] + [d if isinstance(d, int) else _SYMBOLIC_ITEM_DIM for d in spec.shape[1:]]
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+    return feeds
+
+
+def measure_architecture(
+    pkg: Package, expert: str, processor: ProcessorProfile, choice: ProviderChoice, *,
+    batches: list[int], repeats: int, threads: int,
+) -> ArchitectureCost:
+    """Everything the runtime needs about one architecture on one processor.
+
+    Raises:
+        MeasurementError: the representative expert does not load or run.
+    """
+    record = pkg.experts[expert]
+    model = pkg.model_path(expert)
+    files = [pkg.root / f.path for f in [record.model, *record.external_data]]
+    providers = choice.providers
+
+    def create(source: Path | bytes = model, optimization: str = "all"):  # type: ignore[no-untyped-def]
+        return create_session(source, providers=providers, optimization=optimization,  # type: ignore[arg-type]
+                              intra_op_threads=threads)
+
+    try:
+        cold, warm = [], []
+        for _ in range(repeats):
+            for path in files:
+                drop_page_cache(path)
+            start = time.perf_counter()
+            create()
+            cold.append(_ms(start))
+            start = time.perf_counter()
+            create()
+            warm.append(_ms(start))
+        optimized_ms = _optimized_load_ms(pkg, expert, create, repeats)
+        footprint = measure_footprint(create)
+        session = create()
+    except EdgecoeError as exc:
+        raise MeasurementError(f"expert {expert} ({record.architecture}) on {processor.id}: {exc}") from exc
+
+    latency: dict[int, float] = {}
+    release_freed_memory()
+    memory_after: dict[int, int] = {}
+    for n in batches:
+        feeds = batch_inputs(pkg, expert, n)
+        try:
+            session.run(None, feeds)  # warm-up: first runs allocate
+            samples = []
+            for _ in range(max(3, repeats)):
+                start = time.perf_counter()
+                session.run(None, feeds)
+                samples.append(_ms(start))
+        except Exception as exc:  # noqa: BLE001 - ORT run errors are untyped
+            if n == batches[0]:
+                raise MeasurementError(f"expert {expert} does not run a batch of {n}: {exc}") from exc
+            break  # a batch this large does not run here (memory): the curve ends before it
+        latency[n] = statistics.median(samples)
+        memory_after[n] = process_memory_bytes()
+    sizes = sorted(latency)
+    fit = fit_linear(sizes, [latency[n] for n in sizes]) if len(sizes) >= 2 else None
+    item_bytes = 0
+    if len(sizes) >= 2:
+        item_bytes = max(0, (memory_after[sizes[-1]] - memory_after[sizes[0]]) // (sizes[-1] - sizes[0]))
+    return ArchitectureCost(
+        k_ms=fit.k_ms if fit else latency[sizes[0]], b_ms=fit.b_ms if fit else 0.0,
+        max_batch=largest_useful_batch(sizes, [latency[n] for n in sizes]),
+        load_ms=statistics.median(cold), host_load_ms=None, footprint_bytes=max(footprint or 0, record.total_bytes),
+        item_bytes=item_bytes, fit_max_rel_error=fit.max_rel_error if fit else None,
+        latency_ms={n: round(latency[n], 4) for n in sizes}, load_cold_ms=statistics.median(cold),
+        load_warm_ms=statistics.median(warm), load_optimized_ms=optimized_ms, representative=expert,
+    )
+
+
+def measure_host_load_ms(pkg: Package, expert: str, choice: ProviderChoice, *, repeats: int, threads: int) -> float:
+    """Session creation from model bytes already in host memory (the NUMA host tier)."""
+    data = pkg.model_path(expert).read_bytes()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        create_session(data, providers=choice.providers, intra_op_threads=threads)  # type: ignore[arg-type]
+        samples.append(_ms(start))
+    return statistics.median(samples)
+
+
+def _optimized_load_ms(pkg: Package, expert: str, create, repeats: int) -> float | None:  # type: ignore[no-untyped-def]
+    """Creation time from an ORT-optimized copy with optimization off (DESIGN §4: 22 -> 6 ms)."""
+    record = pkg.experts[expert]
+    with tempfile.TemporaryDirectory(prefix="edgecoe-profile-") as tmp:
+        if record.optimized is not None:
+            path = pkg.root / record.optimized.path
+        elif record.external_data:
+            return None  # an optimized copy would need its weights beside it; not measured
+        else:
+            path = Path(tmp) / "optimized.onnx"
+            create_session(pkg.model_path(expert), optimization="extended", save_optimized_to=path)
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            create(path, "none")
+            samples.append(_ms(start))
+    return statistics.median(samples)
