@@ -182,6 +182,52 @@ def workload_check(trace: Path) -> None:
     click.echo(f"{trace}: {len(parsed)} requests over {span:.1f} s, valid")
 
 
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda:N or coreml.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Profile JSON to write, e.g. device_profiles/NAME.json.")
+@click.option("--name", default=None, help="Profile name (default: from the output file name).")
+@click.option("--quick", is_flag=True, help="Fewer batch sizes, repeats and samples (pcb-small in under a minute).")
+@click.option("--memory-limit", default=None, help="Memory experts may use on the device (bytes, 8GB, 50%%...).")
+@click.option("--no-search", is_flag=True, help="Skip the allocation search: keep every expert that fits.")
+@_errors_are_one_line
+def profile(package: Path, device: str, output: Path, name: str | None, quick: bool, memory_limit: str | None,
+            no_search: bool) -> None:
+    """Measure PACKAGE on DEVICE and write a device profile (costs, footprints, allocation)."""
+    from edgecoe.config import parse_budget
+    from edgecoe.profiler import save_profile
+    from edgecoe.profiler.run import ProfileSettings, _available_memory_bytes, profile_package
+
+    pkg = edgecoe.load_package(package, verify="quick")
+    overrides: dict[str, object] = {"search": not no_search}
+    if memory_limit is not None:
+        overrides["memory_limit_bytes"] = parse_budget(memory_limit, total_bytes=_available_memory_bytes())
+    settings = ProfileSettings.quick(**overrides) if quick else ProfileSettings(**overrides)  # type: ignore[arg-type]
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task(f"profiling {pkg.name} on {device}", total=None, item="")
+
+        def step(what: str, done: int, total: int) -> None:
+            progress.update(task, item=what)
+            progress.console.print(f"  {what}")
+
+        result = profile_package(pkg, device=device, name=name or output.stem, settings=settings, progress=step)
+        progress.update(task, total=1, completed=1, item="done")
+    save_profile(result, output)
+    alloc = result.allocation
+    console.print(f"wrote {output}")
+    for arch, by_kind in sorted(result.costs.items()):
+        for kind, cost in by_kind.items():
+            console.print(f"  {arch} on {kind}: K {cost.k_ms:.3f} ms/item, B {cost.b_ms:.3f} ms "
+                          f"(fit error {100 * (cost.fit_max_rel_error or 0):.1f} %), max batch {cost.max_batch}, "
+                          f"load cold {cost.load_cold_ms:.1f} / warm {cost.load_warm_ms:.1f} ms, "
+                          f"footprint {format_bytes(cost.footprint_bytes or 0)}")
+    if alloc is not None:
+        console.print(f"  allocation: {alloc.num_resident} experts resident, budget {format_bytes(alloc.budget_bytes)}, "
+                      f"executors {alloc.num_executors} ({alloc.stop_reason})")
+
+
 def _demo_package(console: Console) -> Path:
     """The bundled demo package, built on first use."""
     from edgecoe.demo import build_demo, find_recipe, load_recipe
@@ -195,8 +241,9 @@ def _demo_package(console: Console) -> Path:
 
 @main.command()
 @click.argument("package", required=False, type=click.Path(path_type=Path))
-@click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Device profile JSON (default: this machine's defaults).")
+@click.option("--profile", "profile_name", default=None,
+              help="Device profile: a JSON file or a name in device_profiles/ (default: the best match "
+                   "for this machine and package, else built-in defaults).")
 @click.option("--policy", default="edgecoe", show_default=True,
               help="samba, samba-fifo, samba-parallel, coserve or edgecoe.")
 @click.option("--budget", default=None, help="Memory for resident experts: bytes, 800MB, 2GiB or 25% of all experts.")
@@ -216,13 +263,13 @@ def _demo_package(console: Console) -> Path:
 @click.option("--simulate", is_flag=True,
               help="Virtual clock with the profile's costs instead of real sessions (needs --profile with costs).")
 @_errors_are_one_line
-def run(package: Path | None, profile_path: Path | None, policy: str, budget: str | None,
+def run(package: Path | None, profile_name: str | None, policy: str, budget: str | None,
         num_executors: int | None, workload_path: Path | None, num_requests: int, dist: str,
         rate_rps: float | None, seed: int, max_delay_ms: float, allow_cpu_fallback: bool,
         report_path: Path | None, simulate: bool) -> None:
     """Serve a workload on PACKAGE (default: the bundled pcb-small demo) and report."""
     from edgecoe.config import RuntimeConfig
-    from edgecoe.profiler.schema import load_profile
+    from edgecoe.profiler.select import best_profile, resolve_profile
     from edgecoe.runtime import Runtime
     from edgecoe.workload import generate_workload, read_workload
 
@@ -231,7 +278,14 @@ def run(package: Path | None, profile_path: Path | None, policy: str, budget: st
                            max_delay_ms=max_delay_ms, allow_cpu_fallback=allow_cpu_fallback)
     config.validate()
     pkg = edgecoe.load_package(package or _demo_package(console), verify="quick")
-    profile = load_profile(profile_path) if profile_path else None
+    profile = None
+    profile_note = "built-in defaults: no matching profile in device_profiles/"
+    if profile_name:
+        profile, path = resolve_profile(profile_name)
+        profile_note = str(path)
+    elif (match := best_profile(pkg)) is not None:
+        profile = match.profile
+        profile_note = f"{match.path}, best match: {match.reason}"
     trace = read_workload(workload_path) if workload_path else generate_workload(
         pkg.manifest, num_requests=num_requests, dist=dist, rate_rps=rate_rps, seed=seed)
     if simulate:
@@ -241,13 +295,13 @@ def run(package: Path | None, profile_path: Path | None, policy: str, budget: st
             raise click.UsageError("--simulate needs --profile: a device profile with per-architecture costs")
         report = run_simulation(pkg.manifest, profile, trace, config=config, seed=seed)
         console.print(f"{pkg.name}: {len(pkg.experts)} experts; policy {policy}; simulated with profile "
-                      f"{profile.name} ({profile_path})")
+                      f"{profile.name} ({profile_note})")
         _print_report(console, report)
         if report_path:
             report.write(report_path)
         return
     with Runtime(pkg, config=config, profile=profile) as runtime:
-        where = f"profile {runtime.profile.name}" + (f" ({profile_path})" if profile_path else " (built-in defaults)")
+        where = f"profile {runtime.profile.name} ({profile_note})"
         budgets = ", ".join(f"{p} {format_bytes(c.budget_bytes)}" for p, c in runtime.caches.items())
         console.print(f"{pkg.name}: {len(pkg.experts)} experts; policy {policy}; {where}; budget {budgets}; "
                       f"{len(runtime.executors)} executor(s); start-up {runtime.startup_s:.1f} s")
