@@ -21,7 +21,8 @@ def test_fit_linear_with_noise_reports_error():
 
 def test_fit_linear_clamps_negative_intercept():
     fit = fit_linear([1, 2, 4], [0.9, 2.1, 4.0])
-    assert fit.b_ms == 0.0 and fit.k_ms == pytest.approx((0.9 + 4.2 + 16) / 21)
+    ratios = [1 / 0.9, 2 / 2.1, 4 / 4.0]  # x / y: the through-origin fit of relative error
+    assert fit.b_ms == 0.0 and fit.k_ms == pytest.approx(sum(ratios) / sum(r * r for r in ratios))
 
 
 def test_fit_linear_needs_two_points():
@@ -66,3 +67,24 @@ def test_window_search_respects_small_max_and_bad_initial():
     assert decay_window_search(lambda n: n, max_n=8, initial=15).chosen == 8
     with pytest.raises(ValueError, match="initial"):
         decay_window_search(lambda n: n, max_n=10, initial=100)
+
+
+def test_check_largest_moves_past_a_premature_bend():
+    # the slope drops from 100 to 20 per expert at N=30 but throughput keeps rising
+    def throughput(n):
+        return 100 * n if n <= 30 else 3000 + 20 * (n - 30)
+
+    plain = decay_window_search(throughput, max_n=120, initial=15)
+    checked = decay_window_search(throughput, max_n=120, initial=15, check_largest=True)
+    assert plain.chosen < 60
+    assert throughput(checked.chosen) >= throughput(120) / 1.05
+    assert throughput(checked.chosen - 1) < throughput(120) / 1.05  # the smallest such N
+    assert "smallest within" in checked.stop_reason
+
+
+def test_check_largest_keeps_a_real_knee():
+    def throughput(n):
+        return 10 + 2 * min(n, 40)
+
+    result = decay_window_search(throughput, max_n=120, initial=15, check_largest=True)
+    assert result.chosen == 39  # T(120)=90 is within 5 % of T(39)=88

@@ -86,7 +86,8 @@ def measure_architecture(
         try:
             session.run(None, feeds)  # warm-up: first runs allocate
             samples = []
-            for _ in range(max(3, repeats)):
+            # Small batches are short and noisy: time them more often.
+            for _ in range(max(10, 2 * repeats) if n <= 4 else max(3, repeats)):
                 start = time.perf_counter()
                 session.run(None, feeds)
                 samples.append(_ms(start))
@@ -94,7 +95,9 @@ def measure_architecture(
             if n == batches[0]:
                 raise MeasurementError(f"expert {expert} does not run a batch of {n}: {exc}") from exc
             break  # a batch this large does not run here (memory): the curve ends before it
-        latency[n] = statistics.median(samples)
+        # NOTE: the minimum, not the median: interference only ever adds time,
+        # and the minimum repeated best between two profiles of one machine.
+        latency[n] = min(samples)
         memory_after[n] = process_memory_bytes()
     sizes = sorted(latency)
     fit = fit_linear(sizes, [latency[n] for n in sizes]) if len(sizes) >= 2 else None

@@ -54,16 +54,19 @@ class ProfileSettings:
         memory_limit_bytes: memory experts may use on the device (default: half
             of available host memory, or the GPU's memory minus 10 %).
         search: run the allocation search (off: budget = memory limit).
+        check_largest: check the search's stop against the largest resident
+            set (see :func:`~edgecoe.profiler.fit.decay_window_search`).
     """
 
     batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     repeats: int = 5
-    sample_requests: int = 300
+    sample_requests: int = 400
     max_executors: int = 3
     initial: int = 15
     margin: float = 0.05
     memory_limit_bytes: int | None = None
     search: bool = True
+    check_largest: bool = True
 
     @classmethod
     def quick(cls, **overrides: object) -> ProfileSettings:
@@ -220,8 +223,8 @@ def _allocate(pkg: Package, profile: DeviceProfile, settings: ProfileSettings, p
                 progress(f"executors: {count} with {n} experts resident", count - 1, settings.max_executors)
             by_count[count] = round(throughput(n, count), 3)
         top = max(by_count.values())
-        # fewest executors within 3 % of the best: extra threads cost memory and contention
-        return min(c for c, t in by_count.items() if t >= 0.97 * top), by_count
+        # fewest executors within the margin of the best: extra threads cost memory and contention
+        return min(c for c, t in by_count.items() if t >= top / (1.0 + settings.margin)), by_count
 
     # Executors first (at the largest resident set), so the search measures
     # the configuration that will run; re-checked at the chosen size below.
@@ -238,7 +241,7 @@ def _allocate(pkg: Package, profile: DeviceProfile, settings: ProfileSettings, p
 
     if settings.search:
         search = decay_window_search(measure, max_n=max_n, initial=min(settings.initial, max_n),
-                                     margin=settings.margin)
+                                     margin=settings.margin, check_largest=settings.check_largest)
         for n, predicted in search.predictions:
             predictions[n] = predicted
         steps = [s.model_copy(update={"predicted_rps": round(predictions[s.num_resident], 3)})
