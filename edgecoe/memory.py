@@ -101,8 +101,8 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def cuda_memory_used_bytes(device_id: int) -> int | None:
-    """GPU memory in use on ``device_id`` per nvidia-smi, or None where it is unavailable."""
+def _nvidia_smi_mib(query: str, device_id: int) -> int | None:
+    """One nvidia-smi GPU query in bytes (it reports MiB), or None where unavailable."""
     import shutil
     import subprocess
 
@@ -110,24 +110,18 @@ def cuda_memory_used_bytes(device_id: int) -> int | None:
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=memory.used", "--format=csv,noheader,nounits", f"--id={device_id}"],
+        out = subprocess.run([exe, f"--query-gpu={query}", "--format=csv,noheader,nounits", f"--id={device_id}"],
                              capture_output=True, text=True, timeout=10, check=True).stdout
         return int(float(out.strip().splitlines()[0]) * 1024 * 1024)
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
+
+
+def cuda_memory_used_bytes(device_id: int) -> int | None:
+    """GPU memory in use on ``device_id`` per nvidia-smi, or None where it is unavailable."""
+    return _nvidia_smi_mib("memory.used", device_id)
 
 
 def cuda_total_memory_bytes(device_id: int) -> int | None:
     """Total memory of GPU ``device_id`` per nvidia-smi, or None where it is unavailable."""
-    import shutil
-    import subprocess
-
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits", f"--id={device_id}"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return int(float(out.strip().splitlines()[0]) * 1024 * 1024)
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    return _nvidia_smi_mib("memory.total", device_id)
