@@ -228,6 +228,77 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
                       f"executors {alloc.num_executors} ({alloc.stop_reason})")
 
 
+@main.command()
+@click.argument("package", required=False, type=click.Path(path_type=Path))
+@click.option("--policies", default=None,
+              help="Comma-separated entries (default: samba, samba-fifo, samba-parallel, coserve, edgecoe, "
+                   "belady, all-resident).")
+@click.option("--ablation", is_flag=True, help="The paper's ablation: none, +expert-management, +arranging, "
+                                                "+assigning, +prefetch.")
+@click.option("--budget", default="25%", show_default=True, help="Share of all experts' footprint, or bytes.")
+@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--dist", default="zipf:1.1", show_default=True)
+@click.option("--rate", "rate_rps", type=float, default=250.0, show_default=True, help="Arrivals per second.")
+@click.option("--arrival", type=click.Choice(["poisson", "uniform"]), default="poisson", show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--simulate", is_flag=True, help="Virtual clock with a profile's costs.")
+@click.option("--profile", "profile_name", default=None, help="Device profile (file or name in device_profiles/).")
+@click.option("--paper", type=click.Choice(["numa", "uma"]), default=None,
+              help="Simulate CoServe's setting: 350 synthetic experts on the reference NUMA or UMA profile.")
+@click.option("--sweep", default=None, help="KIND=V1,V2,...: budget (%%), skew (zipf S), rate (req/s) or executors.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write PNG plots here (needs the plots extra).")
+@_errors_are_one_line
+def bench(package: Path | None, policies: str | None, ablation: bool, budget: str, num_requests: int, dist: str,
+          rate_rps: float, arrival: str, seed: int, simulate: bool, profile_name: str | None, paper: str | None,
+          sweep: str | None, json_path: Path | None, plots_dir: Path | None) -> None:
+    """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios."""
+    from edgecoe.bench import ABLATION, DEFAULT_POLICIES, paper_package, run_bench
+    from edgecoe.bench.report import render_table, sweep_points, write_plots
+    from edgecoe.profiler.select import best_profile, resolve_profile
+    from edgecoe.workload import generate_workload
+
+    console = _console()
+    entries = list(ABLATION) if ablation else (policies.split(",") if policies else list(DEFAULT_POLICIES))
+    profile = None
+    if paper:
+        simulate = True
+        pkg = paper_package()
+        profile, _ = resolve_profile("reference-numa-x86-rtx3080ti" if paper == "numa" else "reference-uma-apple-m2-24gb")
+        if budget == "25%":  # the paper's setting: the device's own memory, not a share
+            budget = str(profile.processors[0].budget_bytes)
+    else:
+        pkg = edgecoe.load_package(package or _demo_package(console), verify="quick")
+        if profile_name:
+            profile, _ = resolve_profile(profile_name)
+        elif (match := best_profile(pkg)) is not None:
+            profile = match.profile
+    points = sweep_points(sweep)
+    results = []
+    for label, overrides in points:
+        trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=overrides.get("dist", dist),
+                                  rate_rps=float(overrides.get("rate", rate_rps)), arrival=arrival,  # type: ignore[arg-type]
+                                  seed=seed)
+        point_budget = overrides.get("budget", budget)
+        console.print(f"[bold]{pkg.name}[/bold]{' ' + label if label else ''}: {len(trace)} requests, "
+                      f"{overrides.get('dist', dist)}, {overrides.get('rate', rate_rps)} req/s ({arrival}); budget "
+                      f"{point_budget}; {'simulated with ' + profile.name if simulate and profile else 'real sessions'}")
+        result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile, simulate=simulate,
+                           seed=seed, num_executors=overrides.get("executors"),  # type: ignore[arg-type]
+                           on_report=lambda name, r: console.print(
+                               f"  {name}: {r.throughput_rps:.1f} req/s, {r.num_switches} switches"))
+        render_table(console, result)
+        results.append((label, result))
+    if json_path:
+        payload = {"points": [{"label": label, **r.to_dict()} for label, r in results]}
+        json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        console.print(f"wrote {json_path}")
+    if plots_dir:
+        for path in write_plots(results, plots_dir):
+            console.print(f"wrote {path}")
+
+
 def _demo_package(console: Console) -> Path:
     """The bundled demo package, built on first use."""
     from edgecoe.demo import build_demo, find_recipe, load_recipe

@@ -38,8 +38,8 @@ def task(expert, seq, t=0.0, rid=None):
 
 
 def test_registry_names():
-    assert set(SCHEDULERS) == {"fcfs", "round-robin", "coserve", "edgecoe"}
-    with pytest.raises(ValueError, match="valid: fcfs, round-robin, coserve, edgecoe"):
+    assert set(SCHEDULERS) == {"fcfs", "round-robin", "coserve", "arrange", "edgecoe"}
+    with pytest.raises(ValueError, match="valid: fcfs, round-robin, coserve, arrange, edgecoe"):
         create_scheduler("lottery", executors(1), cost_model())
     assert set(PRESETS) == {"samba", "samba-fifo", "samba-parallel", "coserve", "edgecoe"}
     with pytest.raises(ValueError, match="valid: samba"):
@@ -160,3 +160,10 @@ def test_queued_experts_tracks_pops():
         assert q.queued_experts() == {"a", "b"}
         q.pop_batch(0, 0.0)
         assert len(q.queued_experts()) == 1 and len(q) == 1
+
+
+def test_arrange_groups_by_expert_but_deals_new_groups_in_turn():
+    q = create_scheduler("arrange", executors(2), cost_model())
+    placed = [q.add(task(e, i), 0.0) for i, e in enumerate(["a", "b", "a", "c", "b"])]
+    assert placed == [0, 1, 0, 0, 1]
+    assert q.queued_on(0) == [("a", 2), ("c", 1)] and q.queued_on(1) == [("b", 2)]

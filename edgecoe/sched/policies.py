@@ -15,6 +15,8 @@ executor is free. Policies are plain single-threaded objects; the runtime
   expert is resident or already queued there; ties by smallest added time),
   *arrange* behind queued tasks for the same expert, *split* groups into
   batches of at most min(max batch, what fits in free memory).
+- ``arrange``: coserve's arranging and splitting without its assigning (new
+  groups go to executors in turn); the ablation step between the two.
 - ``edgecoe``: coserve, but assign by earliest finish time (weighs a switch on
   an idle executor against waiting for one that holds the expert), and a bound
   on queueing delay: a group whose oldest task waited longer runs next.
@@ -303,12 +305,33 @@ class EdgecoeQueue(CoserveQueue):
         return best
 
 
+class ArrangeQueue(CoserveQueue):
+    """Arranging without assigning (the ablation step between them): a task joins
+    its expert's queued group wherever that is, else executors take new groups in turn."""
+
+    name = "arrange"
+
+    def __init__(self, executors: list[ExecutorInfo], cost: CostModel, **kwargs: object) -> None:
+        super().__init__(executors, cost, **kwargs)  # type: ignore[arg-type]
+        self._next = 0
+
+    def choose_executor(self, expert: str, now_ms: float) -> int:
+        for executor, groups in enumerate(self._groups):
+            if expert in groups:
+                return executor
+        executor = self._next
+        self._next = (self._next + 1) % len(self.executors)
+        return executor
+
+
 SchedulerFactory = Callable[..., SchedulingPolicy]
 
 _REGISTRY: dict[str, SchedulerFactory] = {
     "fcfs": lambda executors, cost, **_: FcfsQueue(executors, cost),
     "round-robin": lambda executors, cost, **_: RoundRobinQueue(executors, cost),
     "coserve": lambda executors, cost, **kw: CoserveQueue(
+        executors, cost, free_bytes=kw.get("free_bytes"), expert_bytes=kw.get("expert_bytes")),
+    "arrange": lambda executors, cost, **kw: ArrangeQueue(
         executors, cost, free_bytes=kw.get("free_bytes"), expert_bytes=kw.get("expert_bytes")),
     "edgecoe": lambda executors, cost, **kw: EdgecoeQueue(
         executors, cost, free_bytes=kw.get("free_bytes"), expert_bytes=kw.get("expert_bytes"),

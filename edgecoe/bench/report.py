@@ -1,0 +1,111 @@
+"""Bench output: the console table, sweep parsing, PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgecoe.bench.harness import BenchResult
+from edgecoe.errors import InvalidInputError
+
+SWEEPS = ("budget", "skew", "rate", "executors")
+
+
+def sweep_points(spec: str | None) -> list[tuple[str, dict[str, object]]]:
+    """``budget=10,25,50`` -> [("budget=10%", {"budget": "10%"}), ...]; None -> one plain point."""
+    if not spec:
+        return [("", {})]
+    kind, _, values = spec.partition("=")
+    if kind not in SWEEPS or not values:
+        raise InvalidInputError(f"--sweep {spec!r}: expected KIND=V1,V2 with KIND one of {', '.join(SWEEPS)}")
+    points: list[tuple[str, dict[str, object]]] = []
+    for raw in values.split(","):
+        try:
+            number = float(raw)
+        except ValueError:
+            raise InvalidInputError(f"--sweep {spec!r}: {raw!r} is not a number") from None
+        if kind == "budget":
+            points.append((f"budget={raw}%", {"budget": f"{raw}%"}))
+        elif kind == "skew":
+            points.append((f"skew=zipf:{raw}", {"dist": f"zipf:{raw}"}))
+        elif kind == "rate":
+            points.append((f"rate={raw}", {"rate": number}))
+        else:
+            points.append((f"executors={int(number)}", {"executors": int(number)}))
+    return points
+
+
+def render_table(console: Console, result: BenchResult) -> None:
+    table = Table(title=f"{result.package}: budget {result.budget_bytes / 1e9:.2f} GB of "
+                        f"{result.total_footprint_bytes / 1e9:.2f} GB ({'simulated' if result.simulated else 'measured'})")
+    for column in ("entry", "req/s", "×samba", "×all", "switches", "sw ×samba", "p50 ms", "p99 ms", "failed"):
+        table.add_column(column, justify="left" if column == "entry" else "right", no_wrap=True)
+    samba = result.reports.get("samba")
+    for name, report in result.reports.items():
+        vs_samba = result.ratio(name, "samba")
+        vs_all = result.ratio(name, "all-resident")
+        switch_ratio = (f"{report.num_switches / samba.num_switches:.2f}"
+                        if samba is not None and samba.num_switches else "-")
+        table.add_row(name, f"{report.throughput_rps:.1f}", f"{vs_samba:.2f}" if vs_samba else "-",
+                      f"{vs_all:.2f}" if vs_all else "-", str(report.num_switches), switch_ratio,
+                      f"{report.latency_ms['p50']:.0f}", f"{report.latency_ms['p99']:.0f}", str(report.num_failed))
+    console.print(table)
+    console.print(f"machine: {result.machine}")
+
+
+def write_plots(results: list[tuple[str, BenchResult]], folder: Path) -> list[Path]:
+    """Throughput per entry across sweep points, switches per entry, and latency percentiles."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise InvalidInputError("--plots needs matplotlib: pip install 'edgecoe[plots]'") from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    entries = list(results[0][1].reports)
+    labels = [label or "run" for label, _ in results]
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if len(results) == 1:
+        ax.bar(entries, [results[0][1].reports[e].throughput_rps for e in entries])
+        ax.tick_params(axis="x", rotation=30)
+    else:
+        for entry in entries:
+            ax.plot(labels, [r.reports[entry].throughput_rps for _, r in results], marker="o", label=entry)
+        ax.legend(fontsize=8)
+    ax.set_ylabel("throughput (req/s)")
+    ax.set_title(f"{results[0][1].package}: throughput per policy")
+    ax.grid(alpha=0.3, axis="y")
+    written.append(_save(fig, folder / "throughput.png"))
+
+    last = results[-1][1]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.bar(entries, [last.reports[e].num_switches for e in entries])
+    ax.set_ylabel("switches (expert loads on demand)")
+    ax.set_title(f"{last.package}: switches per policy{' (' + results[-1][0] + ')' if results[-1][0] else ''}")
+    ax.tick_params(axis="x", rotation=30)
+    written.append(_save(fig, folder / "switches.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    quantiles = ["p50", "p95", "p99"]
+    for entry in entries:
+        ax.plot(quantiles, [last.reports[entry].latency_ms[q] for q in quantiles], marker="o", label=entry)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency (ms, log)")
+    ax.set_title(f"{last.package}: latency percentiles")
+    ax.legend(fontsize=8)
+    written.append(_save(fig, folder / "latency.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

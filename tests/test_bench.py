@@ -1,0 +1,103 @@
+"""edgecoe bench: entries, report shape and ratio arithmetic (simulated, so exact and fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgecoe.bench import ABLATION, DEFAULT_POLICIES, entry_config, paper_package, run_bench
+from edgecoe.bench.report import sweep_points
+from edgecoe.cli import main
+from edgecoe.errors import InvalidInputError
+from edgecoe.profiler.select import resolve_profile
+from edgecoe.workload import generate_workload
+
+
+@pytest.fixture(scope="module")
+def paper():
+    profile, _ = resolve_profile("reference-numa-x86-rtx3080ti")
+    return paper_package(num_types=60, num_detectors=10), profile
+
+
+def test_paper_package_shape():
+    pkg = paper_package()
+    assert len(pkg.experts) == 350
+    assert {e.architecture for e in pkg.experts.values()} == {"resnet101", "yolov5m", "yolov5l"}
+    assert all(len(pkg.graph.parents[f"det-{d:02d}"]) == 6 for d in range(50))
+
+
+def test_entries_map_to_configs():
+    assert entry_config("samba", 10, 100).policy == "samba"
+    belady = entry_config("belady", 10, 100)
+    assert belady.resolved_preset().eviction == "belady"
+    assert entry_config("all-resident", 10, 100).budget == 100
+    arranging = entry_config("+arranging", 10, 100).resolved_preset()
+    assert arranging.scheduler == "arrange" and arranging.eviction == "coserve"
+    assert entry_config("+prefetch", 10, 100).resolved_preset().prefetch is True
+    with pytest.raises(InvalidInputError, match="unknown bench entry 'best'"):
+        entry_config("best", 1, 1)
+
+
+def test_simulated_bench_report_shape_and_ratios(paper):
+    pkg, profile = paper
+    trace = generate_workload(pkg.manifest, num_requests=600, rate_rps=250, arrival="uniform", seed=2)
+    result = run_bench(pkg, trace, entries=list(DEFAULT_POLICIES), budget="20%", profile=profile, simulate=True)
+    data = result.to_dict()
+    assert set(data["entries"]) == set(DEFAULT_POLICIES)
+    assert data["simulated"] is True and data["budget_bytes"] == int(result.total_footprint_bytes * 0.2)
+    for name, entry in data["entries"].items():
+        report = result.reports[name]
+        assert entry["throughput_rps"] == report.throughput_rps
+        assert entry["ratio_vs_samba"] == pytest.approx(report.throughput_rps / result.reports["samba"].throughput_rps)
+        assert entry["ratio_vs_all_resident"] == pytest.approx(
+            report.throughput_rps / result.reports["all-resident"].throughput_rps)
+        assert entry["switches_vs_samba"] == pytest.approx(report.num_switches / result.reports["samba"].num_switches)
+        assert entry["num_completed"] == 600
+        assert set(entry["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert data["entries"]["samba"]["ratio_vs_samba"] == 1.0
+    assert result.reports["all-resident"].num_switches == 0
+    assert data["entries"]["edgecoe"]["ratio_vs_samba"] > 2
+
+
+def test_ablation_runs_in_order(paper):
+    pkg, profile = paper
+    trace = generate_workload(pkg.manifest, num_requests=400, rate_rps=250, seed=3)
+    result = run_bench(pkg, trace, entries=list(ABLATION), budget="20%", profile=profile, simulate=True)
+    assert list(result.reports) == list(ABLATION)
+    assert result.reports["+assigning"].throughput_rps > result.reports["none"].throughput_rps
+
+
+def test_sweep_points_parse_and_reject():
+    assert sweep_points(None) == [("", {})]
+    assert sweep_points("budget=10,50") == [("budget=10%", {"budget": "10%"}), ("budget=50%", {"budget": "50%"})]
+    assert sweep_points("skew=0.8")[0][1] == {"dist": "zipf:0.8"}
+    assert sweep_points("executors=2")[0][1] == {"executors": 2}
+    with pytest.raises(InvalidInputError, match="KIND one of"):
+        sweep_points("color=red")
+    with pytest.raises(InvalidInputError, match="not a number"):
+        sweep_points("rate=fast")
+
+
+def test_bench_cli_paper_numa_with_json_and_plots(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--paper", "numa", "--requests", "300", "--policies",
+                                       "samba,edgecoe", "--sweep", "rate=100,250", "--json", str(out),
+                                       "--plots", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [p["label"] for p in data["points"]] == ["rate=100", "rate=250"]
+    assert set(data["points"][0]["entries"]) == {"samba", "edgecoe"}
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"throughput.png", "switches.png", "latency.png"}
+
+
+def test_real_bench_on_demo(pcb_small, tmp_path):
+    out = tmp_path / "real.json"
+    result = CliRunner().invoke(main, ["bench", str(pcb_small), "--policies", "samba,edgecoe,all-resident",
+                                       "--requests", "80", "--rate", "800", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    entries = json.loads(out.read_text())["points"][0]["entries"]
+    assert all(e["num_completed"] == 80 for e in entries.values())
+    assert entries["all-resident"]["num_switches"] == 0
+    assert entries["samba"]["ratio_vs_samba"] == 1.0
