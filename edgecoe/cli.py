@@ -249,10 +249,12 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write PNG plots here (needs the plots extra).")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a Chrome/Perfetto timeline of loads, evictions and batches (last sweep point).")
 @_errors_are_one_line
 def bench(package: Path | None, policies: str | None, ablation: bool, budget: str, num_requests: int, dist: str,
           rate_rps: float, arrival: str, seed: int, simulate: bool, profile_name: str | None, paper: str | None,
-          sweep: str | None, json_path: Path | None, plots_dir: Path | None) -> None:
+          sweep: str | None, json_path: Path | None, plots_dir: Path | None, trace_path: Path | None) -> None:
     """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios."""
     from edgecoe.bench import ABLATION, DEFAULT_POLICIES, paper_package, run_bench
     from edgecoe.bench.report import render_table, sweep_points, write_plots
@@ -274,9 +276,12 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
             profile, _ = resolve_profile(profile_name)
         elif (match := best_profile(pkg)) is not None:
             profile = match.profile
+    from edgecoe.timeline import Timeline, write_trace
+
     points = sweep_points(sweep)
     results = []
-    for label, overrides in points:
+    timelines: dict[str, Timeline] = {}
+    for index, (label, overrides) in enumerate(points):
         trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=overrides.get("dist", dist),
                                   rate_rps=float(overrides.get("rate", rate_rps)), arrival=arrival,  # type: ignore[arg-type]
                                   seed=seed)
@@ -286,6 +291,7 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
                       f"{point_budget}; {'simulated with ' + profile.name if simulate and profile else 'real sessions'}")
         result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile, simulate=simulate,
                            seed=seed, num_executors=overrides.get("executors"),  # type: ignore[arg-type]
+                           timelines=timelines if trace_path and index == len(points) - 1 else None,
                            on_report=lambda name, r: console.print(
                                f"  {name}: {r.throughput_rps:.1f} req/s, {r.num_switches} switches"))
         render_table(console, result)
@@ -297,6 +303,8 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
     if plots_dir:
         for path in write_plots(results, plots_dir):
             console.print(f"wrote {path}")
+    if trace_path:
+        console.print(f"wrote {write_trace(timelines, trace_path)} (open in ui.perfetto.dev or chrome://tracing)")
 
 
 def _demo_package(console: Console) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecoe.cache import CacheLoadError, ExpertCache, create_eviction_policy
+from edgecoe.timeline import Timeline
 from edgecoe.cache.host import HostStore
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
@@ -91,9 +92,10 @@ class Runtime:
     """
 
     def __init__(self, package: Package, *, config: RuntimeConfig | None = None,
-                 profile: DeviceProfile | None = None) -> None:
+                 profile: DeviceProfile | None = None, timeline: Timeline | None = None) -> None:
         self.config = config or RuntimeConfig()
         self.config.validate()
+        self.timeline = timeline  # loads, evictions and batches per executor, when recording
         self.package = package
         self.preset = self.config.resolved_preset()
         self.profile = profile or default_profile()
@@ -144,7 +146,9 @@ class Runtime:
             self._check_fits(processor)
             self.caches[processor.id] = ExpertCache(
                 budget_bytes=processor.budget_bytes, loader=self._loader(processor.id),
-                unloader=self._unload, size_of=self.footprint, policy=self._eviction_policy())
+                unloader=self._unload, size_of=self.footprint, policy=self._eviction_policy(),
+                on_evict=None if timeline is None else
+                (lambda expert: timeline.instant("evict", expert, -1, self.now_ms())))
         self.scheduler = create_scheduler(
             self.preset.scheduler, self.executors, self.cost,
             free_bytes=lambda proc: self.caches[proc].free_bytes, expert_bytes=self.footprint,
@@ -436,6 +440,7 @@ class Runtime:
         expert = batch.expert
         if self._prefetch_on[info.processor_id]:
             self._hint_prefetch(info.processor_id, expert, len(batch.tasks))
+        acquire_start = self.now_ms()
         try:
             acquired = cache.acquire(expert)
         except (CacheLoadError, ValueError) as exc:
@@ -444,11 +449,17 @@ class Runtime:
                     self._fail_locked(task, str(exc))
             return
         assert acquired is not None
+        if self.timeline is not None and not acquired.hit:
+            self.timeline.span("load", expert, info.index, acquire_start, self.now_ms() - acquire_start)
         record = self.package.experts[expert]
         try:
             started = time.perf_counter()
+            run_start = self.now_ms()
             outputs = self._execute(acquired.handle, record, batch.tasks)
             self.cost.observe_exec(expert, info.kind, len(batch.tasks), (time.perf_counter() - started) * 1e3)
+            if self.timeline is not None:
+                self.timeline.span(f"batch[{len(batch.tasks)}]", expert, info.index, run_start,
+                                   self.now_ms() - run_start)
         except Exception as exc:  # noqa: BLE001 - one expert's failure must not stop the executor
             with self._work:
                 for task in batch.tasks:

@@ -27,6 +27,7 @@ from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
 from edgecoe.sched.presets import prefetch_enabled
 from edgecoe.sched.types import Batch
+from edgecoe.timeline import Timeline
 from edgecoe.workload import Workload
 
 
@@ -76,7 +77,7 @@ class _HostTier:
 
 def simulate(
     manifest: Manifest, profile: DeviceProfile, workload: Workload, *, config: RuntimeConfig | None = None,
-    seed: int = 0,
+    seed: int = 0, timeline: Timeline | None = None,
 ) -> Report:
     """Serve ``workload`` on a virtual clock and report as a real run would.
 
@@ -96,13 +97,13 @@ def simulate(
     config.validate()
     future = None
     if config.resolved_preset().eviction == "belady":
-        _, future = _simulate(manifest, profile, workload, replace(config, eviction="lru"), seed, None)
-    return _simulate(manifest, profile, workload, config, seed, future)[0]
+        _, future = _simulate(manifest, profile, workload, replace(config, eviction="lru"), seed, None, None)
+    return _simulate(manifest, profile, workload, config, seed, future, timeline)[0]
 
 
 def _simulate(
     manifest: Manifest, profile: DeviceProfile, workload: Workload, config: RuntimeConfig, seed: int,
-    future_uses: list[str] | None,
+    future_uses: list[str] | None, timeline: Timeline | None,
 ) -> tuple[Report, list[str]]:
     preset = config.resolved_preset()
     graph = ExpertGraph.from_manifest(manifest)
@@ -136,7 +137,9 @@ def _simulate(
                                     f"{processor.id} has a budget of {budgets[processor.id]} bytes")
         caches[processor.id] = ExpertCache(
             budget_bytes=budgets[processor.id], loader=lambda e: (None, footprint(e)), unloader=lambda e, h: None,
-            size_of=footprint, policy=create_eviction_policy(
+            size_of=footprint, on_evict=None if timeline is None else (
+                lambda expert: timeline.instant("evict", expert, -1, now)),
+            policy=create_eviction_policy(
                 preset.eviction,
                 usage_probability={n: e.usage_probability for n, e in manifest.experts.items()},
                 parents=graph.parents, future_uses=[]))
@@ -213,11 +216,16 @@ def _simulate(
         if got is None:
             return False
         uses.append(batch.expert)
-        duration = cost.exec_ms(batch.expert, executor.kind, len(batch.tasks))
+        run_ms = cost.exec_ms(batch.expert, executor.kind, len(batch.tasks))
         if not was_resident:
-            duration += load_ms(batch.expert, executor.processor_id)
+            wait_ms = load_ms(batch.expert, executor.processor_id)
         else:
-            duration += max(0.0, ready_at.get((executor.processor_id, batch.expert), 0.0) - now)
+            wait_ms = max(0.0, ready_at.get((executor.processor_id, batch.expert), 0.0) - now)
+        duration = wait_ms + run_ms
+        if timeline is not None:
+            if wait_ms > 0:
+                timeline.span("load", batch.expert, executor.index, now, wait_ms)
+            timeline.span(f"batch[{len(batch.tasks)}]", batch.expert, executor.index, now + wait_ms, run_ms)
         busy[executor.index] = batch
         heapq.heappush(events, (now + duration, next(seq), "finish", executor))
         if prefetch_enabled(preset, executor.kind):

@@ -82,14 +82,22 @@ def test_sweep_points_parse_and_reject():
 
 def test_bench_cli_paper_numa_with_json_and_plots(tmp_path):
     out = tmp_path / "bench.json"
+    timeline = tmp_path / "trace.json"
     result = CliRunner().invoke(main, ["bench", "--paper", "numa", "--requests", "300", "--policies",
                                        "samba,edgecoe", "--sweep", "rate=100,250", "--json", str(out),
-                                       "--plots", str(tmp_path / "plots")])
+                                       "--plots", str(tmp_path / "plots"), "--trace", str(timeline)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert [p["label"] for p in data["points"]] == ["rate=100", "rate=250"]
     assert set(data["points"][0]["entries"]) == {"samba", "edgecoe"}
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"throughput.png", "switches.png", "latency.png"}
+    events = json.loads(timeline.read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert names == {"samba", "edgecoe"}
+    kinds = {e["cat"] for e in events if e["ph"] in ("X", "i")}
+    assert {"load", "evict"} <= kinds and any(k.startswith("batch[") for k in kinds)
+    spans = [e for e in events if e["ph"] == "X"]
+    assert all(e["dur"] > 0 and e["ts"] >= 0 for e in spans)
 
 
 def test_real_bench_on_demo(pcb_small, tmp_path):
@@ -101,3 +109,21 @@ def test_real_bench_on_demo(pcb_small, tmp_path):
     assert all(e["num_completed"] == 80 for e in entries.values())
     assert entries["all-resident"]["num_switches"] == 0
     assert entries["samba"]["ratio_vs_samba"] == 1.0
+
+
+def test_real_run_timeline(pcb_small):
+    from edgecoe.config import RuntimeConfig
+    from edgecoe.package import load_package
+    from edgecoe.runtime import Runtime
+    from edgecoe.timeline import Timeline, to_trace_events
+
+    pkg = load_package(pcb_small, verify="quick")
+    timeline = Timeline()
+    with Runtime(pkg, config=RuntimeConfig(policy="edgecoe", budget="25%"), timeline=timeline) as runtime:
+        report = runtime.run(generate_workload(pkg.manifest, num_requests=60, dist="uniform", seed=4))
+    batches = [e for e in timeline.events if e[0].startswith("batch[")]
+    loads = [e for e in timeline.events if e[0] == "load"]
+    evictions = [e for e in timeline.events if e[0] == "evict"]
+    assert len(loads) == report.num_switches and len(evictions) >= report.num_evictions
+    assert sum(int(e[0][6:-1]) for e in batches) >= 60
+    assert to_trace_events({"edgecoe": timeline})["traceEvents"]

@@ -16,6 +16,7 @@ from edgecoe.package import Package
 from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile
 from edgecoe.results import Report, machine_info
 from edgecoe.runtime import Runtime, default_profile
+from edgecoe.timeline import Timeline
 from edgecoe.workload import Workload
 
 #: Bench entries beyond the presets: an eviction reference and the upper bound.
@@ -133,6 +134,7 @@ def run_bench(
     pkg: Package, trace: Workload, *, entries: list[str], budget: str | int = "25%",
     profile: DeviceProfile | None = None, simulate: bool = False, seed: int = 0,
     num_executors: int | None = None, on_report: Callable[[str, Report], None] | None = None,
+    timelines: dict[str, Timeline] | None = None,
 ) -> BenchResult:
     """Run every entry on the same trace and budget; see :func:`entry_config`.
 
@@ -151,12 +153,15 @@ def run_bench(
         config = entry_config(name, budget_bytes, total + 1)
         if num_executors is not None:
             config = replace(config, num_executors=num_executors)
+        timeline = None
+        if timelines is not None:
+            timeline = timelines[name] = Timeline()
         if simulate:
             from edgecoe.sim import simulate as run_sim
 
-            report = run_sim(pkg.manifest, fixed, trace, config=config, seed=seed)
+            report = run_sim(pkg.manifest, fixed, trace, config=config, seed=seed, timeline=timeline)
         else:
-            with Runtime(pkg, config=config, profile=fixed) as runtime:
+            with Runtime(pkg, config=config, profile=fixed, timeline=timeline) as runtime:
                 report = runtime.run(trace)
         report.policy = name
         result.reports[name] = report

@@ -93,11 +93,13 @@ class ExpertCache:
         size_of: expected footprint of an expert before it is loaded (from the
             profile or the file size); used to make room ahead of the load.
         record_events: keep an ordered list of loads and evictions (tests, traces).
+        on_evict: called (under the cache lock: keep it cheap) with each evicted expert.
     """
 
     def __init__(
         self, *, budget_bytes: int, loader: Loader, unloader: Unloader, policy: EvictionPolicy,
         size_of: Callable[[str], int], record_events: bool = False,
+        on_evict: Callable[[str], None] | None = None,
     ) -> None:
         if budget_bytes <= 0:
             raise ValueError(f"{budget_bytes=} must be > 0")
@@ -107,6 +109,7 @@ class ExpertCache:
         self.policy = policy
         self._size_of = size_of
         self._record = record_events
+        self._on_evict = on_evict
         self._entries: dict[str, Entry] = {}  # expert -> entry (LOADING or RESIDENT)
         self._used_bytes = 0
         self._seq = itertools.count(1)
@@ -252,6 +255,8 @@ class ExpertCache:
             self.stats.num_evictions += 1
             if self._record:
                 self.stats.events.append(("evict", candidate.expert))
+            if self._on_evict is not None:
+                self._on_evict(candidate.expert)
             started = time.perf_counter()
             # NOTE: unloading under the lock keeps accounting and memory in step;
             # it is cheap (dropping a session), unlike loading.
