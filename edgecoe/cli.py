@@ -30,7 +30,8 @@ def format_bytes(num_bytes: int) -> str:
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    # Piped output (CI logs, files) gets 120 columns: rich's default 80 truncates the bench table.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def _errors_are_one_line(func: F) -> F:

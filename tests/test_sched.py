@@ -167,3 +167,15 @@ def test_arrange_groups_by_expert_but_deals_new_groups_in_turn():
     placed = [q.add(task(e, i), 0.0) for i, e in enumerate(["a", "b", "a", "c", "b"])]
     assert placed == [0, 1, 0, 0, 1]
     assert q.queued_on(0) == [("a", 2), ("c", 1)] and q.queued_on(1) == [("b", 2)]
+
+
+def test_edgecoe_runs_resident_groups_first_then_the_largest():
+    q = create_scheduler("edgecoe", executors(1), cost_model(resident={("c", "cpu")}), max_delay_ms=1e9)
+    for i, e in enumerate(["a", "b", "b", "c", "b", "c"]):
+        q.add(task(e, i), 0.0)
+    order = [q.pop_batch(0, 0.0).expert for _ in range(3)]
+    assert order == ["c", "b", "a"]  # resident c needs no switch; then b's 3 tasks share one load
+    coserve = create_scheduler("coserve", executors(1), cost_model(resident={("c", "cpu")}))
+    for i, e in enumerate(["a", "b", "b", "c", "b", "c"]):
+        coserve.add(task(e, i), 0.0)
+    assert [coserve.pop_batch(0, 0.0).expert for _ in range(3)] == ["a", "b", "c"]  # arrival order
