@@ -30,7 +30,7 @@ from edgecoe.memory import measure_footprint, release_freed_memory, trim_heap
 from edgecoe.package import Package, load_package
 from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
-from edgecoe.providers import ProviderChoice, SessionError, choose_providers, create_session
+from edgecoe.providers import ProviderChoice, choose_providers, create_session
 from edgecoe.results import Report, RequestError, Result, latency_summary
 from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from edgecoe.demo import build_demo, find_recipe, load_recipe
