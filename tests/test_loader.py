@@ -100,21 +100,24 @@ def test_extra_file(chain_package):
     only(problems_of(chain_package), "experts/stowaway.bin", "extra file")
 
 
-def test_checksum_mismatch(chain_package):
-    path = chain_package / "experts" / "cls_b.onnx"
+def flip_last_byte(path: Path) -> bytes:
+    """Corrupt a file without changing its size; returns the new content."""
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_checksum_mismatch(chain_package):
+    flip_last_byte(chain_package / "experts" / "cls_b.onnx")
     only(problems_of(chain_package), "experts/cls_b.onnx", "checksum mismatch")
 
 
 def test_quick_verify_skips_checksums_but_not_sizes(chain_package):
     path = chain_package / "experts" / "cls_b.onnx"
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    data = flip_last_byte(path)
     load_package(chain_package, verify="quick")
-    path.write_bytes(bytes(data[:-5]))
+    path.write_bytes(data[:-5])
     only(problems_of(chain_package, verify="quick"), "experts/cls_b.onnx", "size is")
 
 
