@@ -198,12 +198,13 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
     """Measure PACKAGE on DEVICE and write a device profile (costs, footprints, allocation)."""
     from edgecoe.config import parse_budget
     from edgecoe.profiler import save_profile
-    from edgecoe.profiler.run import ProfileSettings, _available_memory_bytes, profile_package
+    from edgecoe.memory import available_memory_bytes
+    from edgecoe.profiler.run import ProfileSettings, profile_package
 
     pkg = edgecoe.load_package(package, verify="quick")
     overrides: dict[str, object] = {"search": not no_search}
     if memory_limit is not None:
-        overrides["memory_limit_bytes"] = parse_budget(memory_limit, total_bytes=_available_memory_bytes())
+        overrides["memory_limit_bytes"] = parse_budget(memory_limit, total_bytes=available_memory_bytes())
     settings = ProfileSettings.quick(**overrides) if quick else ProfileSettings(**overrides)  # type: ignore[arg-type]
     console = _console()
     with _progress(console) as progress:

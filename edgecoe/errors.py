@@ -4,6 +4,7 @@
      ├── InvalidInputError         a user-supplied file or value is wrong (base for the next four)
      │    ├── PackageError         a CoE package on disk cannot be used; ``.problems`` lists each
      │    ├── SpecError            an export spec or demo recipe is wrong; ``.problems`` lists each
+     │    ├── ProfileError         a device profile is wrong; ``.problems`` lists each
      │    ├── WorkloadError        a workload trace or generator argument is wrong
      │    └── OnnxFileError        a file is not a readable ONNX model
      └── ExportError               an expert could not be exported from its source
@@ -71,6 +72,12 @@ class SpecError(_ProblemsError):
     """An export spec or demo recipe is invalid; ``problems`` lists every fault."""
 
     what = "spec"
+
+
+class ProfileError(_ProblemsError):
+    """A device profile is unreadable or invalid; ``problems`` lists every fault."""
+
+    what = "device profile"
 
 
 class WorkloadError(InvalidInputError):

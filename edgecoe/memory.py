@@ -43,6 +43,22 @@ def rss_bytes() -> int:
         return process_memory_bytes()
 
 
+def meminfo_bytes(key: str, default: int) -> int:
+    """A ``/proc/meminfo`` field (``MemTotal``, ``MemAvailable``) in bytes, or ``default``."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return default
+
+
+def available_memory_bytes() -> int:
+    """Memory available to new allocations (4 GiB where it cannot be read)."""
+    return meminfo_bytes("MemAvailable", 4 * 1024**3)
+
+
 def trim_heap() -> bool:
     """``malloc_trim(0)`` only (no garbage collection): cheap enough after each eviction."""
     global _libc

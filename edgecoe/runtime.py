@@ -26,7 +26,7 @@ from edgecoe.timeline import Timeline
 from edgecoe.cache.host import HostStore
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
-from edgecoe.memory import measure_footprint, release_freed_memory, trim_heap
+from edgecoe.memory import available_memory_bytes, measure_footprint, release_freed_memory, trim_heap
 from edgecoe.package import Package, load_package
 from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
@@ -35,7 +35,7 @@ from edgecoe.results import Report, RequestError, Result, latency_summary
 from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
 from edgecoe.sched.presets import prefetch_enabled
-from edgecoe.sched.types import Batch
+from edgecoe.sched.types import Batch, build_executors
 from edgecoe.workload import Workload, materialize
 
 logger = logging.getLogger(__name__)
@@ -46,22 +46,12 @@ def default_profile() -> DeviceProfile:
 
     Budget: 40 % of available memory; executors: 2 (one loads while the other runs).
     """
-    available = _available_memory_bytes()
+    available = available_memory_bytes()
     return DeviceProfile(
         name="default-cpu", memory="uma",
         processors=[ProcessorProfile(id="cpu", budget_bytes=max(1, int(available * 0.4)), num_executors=2)],
         sources={"*": "defaults: no profile given"},
     )
-
-
-def _available_memory_bytes() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 1024**3
 
 
 @dataclass
@@ -116,16 +106,11 @@ class Runtime:
 
         manifest = package.manifest
         self._input_specs = {s.name: s for s in manifest.inputs}
-        self.executors: list[ExecutorInfo] = []
-        self._choices: dict[str, ProviderChoice] = {}
-        for processor in self.profile.processors:
-            self._choices[processor.id] = choose_providers(
-                processor, allow_cpu_fallback=self.config.allow_cpu_fallback)
-            count = self.config.num_executors or (processor.num_executors if self.preset.parallel else 1)
-            if not self.preset.parallel:
-                count = 1
-            for _ in range(count):
-                self.executors.append(ExecutorInfo(len(self.executors), processor.id, processor.kind))
+        self._choices: dict[str, ProviderChoice] = {
+            p.id: choose_providers(p, allow_cpu_fallback=self.config.allow_cpu_fallback)
+            for p in self.profile.processors}
+        self.executors = build_executors(((p.id, p.kind, p.num_executors) for p in self.profile.processors),
+                                         parallel=self.preset.parallel, num_executors=self.config.num_executors)
         self._threads_per_executor = {
             p.id: (p.intra_op_threads or self.config.threads_per_executor(
                 sum(1 for e in self.executors if e.processor_id == p.id)))
@@ -259,15 +244,12 @@ class Runtime:
     def _preload(self) -> None:
         """Fill each processor's budget with the most likely experts (CoServe start-up)."""
         ranked = sorted(self.package.experts, key=lambda n: -self.package.experts[n].usage_probability)
-        for cache in self.caches.values():
-            for expert in ranked:
-                if self.footprint(expert) <= cache.free_bytes:
-                    try:
-                        cache.acquire(expert, wait=False)
-                    except CacheLoadError as exc:
-                        logger.warning("preload of %s failed: %s", expert, exc)
-                        continue
-                    cache.release(expert)
+        for processor_id, cache in self.caches.items():
+            failures = cache.stats.num_load_failures
+            cache.preload(ranked)
+            if cache.stats.num_load_failures > failures:
+                logger.warning("preload on %s: %d expert(s) failed to load", processor_id,
+                               cache.stats.num_load_failures - failures)
 
     # -- public API ----------------------------------------------------------------
     def now_ms(self) -> float:
@@ -439,7 +421,7 @@ class Runtime:
         cache = self.caches[info.processor_id]
         expert = batch.expert
         if self._prefetch_on[info.processor_id]:
-            self._hint_prefetch(info.processor_id, expert, len(batch.tasks))
+            self._hint_prefetch(info.processor_id, expert)
         acquire_start = self.now_ms()
         try:
             acquired = cache.acquire(expert)
@@ -552,7 +534,7 @@ class Runtime:
         request.future.set_exception(RequestError(request.id, task.expert, cause))
 
     # -- prefetch ------------------------------------------------------------------------
-    def _hint_prefetch(self, processor_id: str, expert: str, num_items: int) -> None:
+    def _hint_prefetch(self, processor_id: str, expert: str) -> None:
         successors = likely_successors(self.package.experts[expert])
         if successors:
             with self._work:

@@ -20,13 +20,13 @@ from edgecoe.cache import ExpertCache, create_eviction_policy
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
 from edgecoe.package.manifest import ArgmaxRoute, FanoutRoute, Manifest, ThresholdRoute
-from edgecoe.package.routing import ExpertGraph, entry_expert
+from edgecoe.package.routing import ExpertGraph, entry_expert, static_num_classes
 from edgecoe.profiler.schema import DeviceProfile
 from edgecoe.results import Report, latency_summary
 from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
 from edgecoe.sched.presets import prefetch_enabled
-from edgecoe.sched.types import Batch
+from edgecoe.sched.types import Batch, build_executors
 from edgecoe.timeline import Timeline
 from edgecoe.workload import Workload
 
@@ -120,11 +120,8 @@ def _simulate(
     total_footprint = sum(footprint(n) for n in manifest.experts)
     budgets = {p.id: (parse_budget(config.budget, total_bytes=total_footprint) if config.budget is not None
                       else p.budget_bytes) for p in profile.processors}
-    executors: list[ExecutorInfo] = []
-    for processor in profile.processors:
-        count = (config.num_executors or processor.num_executors) if preset.parallel else 1
-        for _ in range(count):
-            executors.append(ExecutorInfo(len(executors), processor.id, processor.kind))
+    executors = build_executors(((p.id, p.kind, p.num_executors) for p in profile.processors),
+                                parallel=preset.parallel, num_executors=config.num_executors)
     caches: dict[str, ExpertCache] = {}
     cost = CostModel(architecture_of={n: e.architecture for n, e in manifest.experts.items()},
                      bytes_of={n: e.total_bytes for n, e in manifest.experts.items()}, profile=profile,
@@ -160,19 +157,16 @@ def _simulate(
     if preset.preload:
         ranked = sorted(manifest.experts, key=lambda n: -manifest.experts[n].usage_probability)
         for cache in caches.values():
-            for expert in ranked:
-                if footprint(expert) <= cache.free_bytes:
-                    cache.acquire(expert, wait=False)
-                    cache.release(expert)
-                    if host is not None:
-                        host.touch(expert, manifest.experts[expert].total_bytes)
+            for expert in cache.preload(ranked):
+                if host is not None:
+                    host.touch(expert, manifest.experts[expert].total_bytes)
 
     baseline = {"misses": sum(c.stats.num_misses for c in caches.values()),
                 "hits": sum(c.stats.num_hits for c in caches.values()),
                 "evictions": sum(c.stats.num_evictions for c in caches.values()),
                 "bytes": sum(c.stats.bytes_loaded for c in caches.values())}
     rng = np.random.default_rng(seed)
-    num_classes = {n: _num_classes(e) for n, e in manifest.experts.items()}
+    num_classes = {n: static_num_classes(e) for n, e in manifest.experts.items()}
     # Routing is drawn up front, per request, so runs with the same seed make
     # the same routing decisions whatever the policy.
     plans: dict[str, dict[str, list[str]]] = {}  # request -> expert -> experts it goes on to
@@ -288,12 +282,3 @@ def _simulate(
         errors={"no entry expert for metadata": failed} if failed else {},
     ), uses
 
-
-def _num_classes(record: object) -> int | None:
-    route = getattr(record, "route", None)
-    if not isinstance(route, ArgmaxRoute):
-        return None
-    for spec in record.outputs:  # type: ignore[attr-defined]
-        if spec.name == route.output and spec.shape and isinstance(spec.shape[-1], int):
-            return spec.shape[-1]
-    return None

@@ -23,7 +23,7 @@ import enum
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from edgecoe.cache.policies import CandidateView, EvictionPolicy
@@ -263,6 +263,27 @@ class ExpertCache:
             self._unloader(candidate.expert, entry.handle)
             self.stats.unload_seconds += time.perf_counter() - started
         return EvictResult(evicted, freed, freed >= num_bytes)
+
+    def preload(self, experts: Iterable[str]) -> list[str]:
+        """Load ``experts`` in this order wherever they fit in free room; never evicts.
+
+        A load that fails is skipped (and counted in ``stats``): start-up goes on
+        without that expert, and a later demand load reports the failure.
+
+        Returns:
+            The experts made resident.
+        """
+        loaded = []
+        for expert in experts:
+            if self._size_of(expert) > self.free_bytes:
+                continue
+            try:
+                self.acquire(expert, wait=False)
+            except CacheLoadError:
+                continue
+            self.release(expert)
+            loaded.append(expert)
+        return loaded
 
     def clear(self) -> None:
         """Unload every unpinned resident expert."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import edgecoe
@@ -75,7 +75,7 @@ def export_package(
                 on_expert_start(name)
             started = time.perf_counter()
             record, result = _export_one(name, spec, base, Path(scratch), writer, allow_custom_ops)
-            result = ExpertExport(**{**_asdict(result), "seconds": time.perf_counter() - started})
+            result = replace(result, seconds=time.perf_counter() - started)
             records[name] = record
             results.append(result)
             if on_expert_done:
@@ -91,10 +91,6 @@ def export_package(
         }})
         path = writer.commit(manifest, validate=lambda root: load_package(root, allow_custom_ops=allow_custom_ops))
     return ExportReport(package=path, experts=results)
-
-
-def _asdict(result: ExpertExport) -> dict[str, object]:
-    return {f: getattr(result, f) for f in result.__slots__}  # type: ignore[attr-defined]
 
 
 def _export_one(

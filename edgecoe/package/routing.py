@@ -210,14 +210,15 @@ def declared_usage_probabilities(manifest: Manifest) -> dict[str, float]:
             prob[target] += share
     for name in graph.topological_order():
         expert = manifest.experts[name]
-        num_classes = _static_classes(expert)
+        num_classes = static_num_classes(expert)
         for target, share in edge_fractions(expert, num_classes).items():
             if target in prob:
                 prob[target] += prob[name] * share
     return {name: min(1.0, p) for name, p in prob.items()}
 
 
-def _static_classes(expert: ExpertRecord) -> int | None:
+def static_num_classes(expert: ExpertRecord) -> int | None:
+    """The static size of the output an argmax route reads (None: not argmax, or dynamic)."""
     route = expert.route
     if not isinstance(route, ArgmaxRoute):
         return None

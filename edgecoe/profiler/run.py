@@ -35,7 +35,8 @@ from edgecoe.profiler.schema import (
     ProcessorProfile,
 )
 from edgecoe.providers import choose_providers
-from edgecoe.runtime import Runtime, _available_memory_bytes
+from edgecoe.memory import available_memory_bytes, meminfo_bytes
+from edgecoe.runtime import Runtime
 from edgecoe.workload import generate_workload
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -83,21 +84,10 @@ def device_info(device: str) -> DeviceInfo:
 
         device_memory = cuda_total_memory_bytes(int(device.split(":")[1]))
     return DeviceInfo(
-        machine=platform.machine(), cpu_count=os.cpu_count() or 1, host_memory_bytes=_total_memory_bytes(),
+        machine=platform.machine(), cpu_count=os.cpu_count() or 1, host_memory_bytes=meminfo_bytes("MemTotal", available_memory_bytes()),
         device_memory_bytes=device_memory, onnxruntime=ort.__version__, providers=ort.get_available_providers(),
         processor_name=_processor_name(),
     )
-
-
-def _total_memory_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return _available_memory_bytes()
 
 
 def _processor_name() -> str:
@@ -156,7 +146,7 @@ def profile_package(
             done += 1
     profile = DeviceProfile(
         name=name or f"{pkg.name}-{device.replace(':', '')}", memory=memory,
-        host_budget_bytes=(_available_memory_bytes() // 2) if memory == "numa" else None,
+        host_budget_bytes=(available_memory_bytes() // 2) if memory == "numa" else None,
         processors=processors, costs=costs, sources=sources, device=info, created=today,
     )
     if progress:
@@ -182,7 +172,7 @@ def profile_package(
 def _default_limit(device: str, info: DeviceInfo) -> int:
     if device.startswith("cuda:") and info.device_memory_bytes:
         return int(info.device_memory_bytes * 0.9)
-    return _available_memory_bytes() // 2
+    return available_memory_bytes() // 2
 
 
 def _allocate(pkg: Package, profile: DeviceProfile, settings: ProfileSettings, progress: Progress | None) -> Allocation:

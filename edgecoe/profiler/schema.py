@@ -15,20 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edgecoe.errors import InvalidInputError, Problem
+from edgecoe.errors import ProfileError, Problem
 
 PROFILE_VERSION = 1
 ProcessorKind = Literal["cpu", "cuda", "coreml"]
-
-
-class ProfileError(InvalidInputError):
-    """A device profile is unreadable or invalid; ``problems`` lists each fault."""
-
-    def __init__(self, subject: str | Path, problems: list[Problem]) -> None:
-        self.subject = str(subject)
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"device profile {subject} is invalid ({len(problems)} problem(s)):\n{lines}")
 
 
 class _Strict(BaseModel):

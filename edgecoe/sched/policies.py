@@ -218,15 +218,15 @@ class CoserveQueue:
         self._counts[task.expert] = self._counts.get(task.expert, 0) + 1
 
     # -- split -----------------------------------------------------------------------
-    def _pick_group(self, executor: int, now_ms: float) -> _Group:
-        groups = self._groups[executor]
-        head = next(iter(groups.values()))
+    def _starving_group(self, executor: int, now_ms: float) -> _Group | None:
+        """The group holding the oldest task, if that task waited past the delay bound."""
         if self.max_delay_ms is None:
-            return head
-        oldest = min(groups.values(), key=lambda g: (g.tasks[0].enqueued_ms, g.tasks[0].seq))
-        if now_ms - oldest.tasks[0].enqueued_ms > self.max_delay_ms:
-            return oldest
-        return head
+            return None
+        oldest = min(self._groups[executor].values(), key=lambda g: (g.tasks[0].enqueued_ms, g.tasks[0].seq))
+        return oldest if now_ms - oldest.tasks[0].enqueued_ms > self.max_delay_ms else None
+
+    def _pick_group(self, executor: int, now_ms: float) -> _Group:
+        return self._starving_group(executor, now_ms) or next(iter(self._groups[executor].values()))
 
     def batch_limit(self, expert: str, executor: int) -> int:
         """min(profiled max batch, items that fit in free memory), at least 1."""
@@ -291,11 +291,10 @@ class EdgecoeQueue(CoserveQueue):
     name = "edgecoe"
 
     def _pick_group(self, executor: int, now_ms: float) -> _Group:
+        starving = self._starving_group(executor, now_ms)
+        if starving is not None:
+            return starving
         groups = self._groups[executor]
-        if self.max_delay_ms is not None:
-            oldest = min(groups.values(), key=lambda g: (g.tasks[0].enqueued_ms, g.tasks[0].seq))
-            if now_ms - oldest.tasks[0].enqueued_ms > self.max_delay_ms:
-                return oldest
         processor = self.executors[executor].processor_id
         # (resident first, then most tasks, then oldest first task) — one pass, no sort
         return max(groups.values(), key=lambda g: (self.cost.is_resident(g.expert, processor), len(g.tasks),

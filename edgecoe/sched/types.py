@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -23,6 +24,21 @@ class ExecutorInfo:
     index: int
     processor_id: str  # cpu, cuda:0, coreml: the device whose memory holds its experts
     kind: str  # cpu, cuda, coreml: selects costs in the profile
+
+
+def build_executors(processors: Iterable[tuple[str, str, int]], *, parallel: bool,
+                    num_executors: int | None) -> list[ExecutorInfo]:
+    """Executors for (processor id, kind, profiled count) triples.
+
+    ``parallel`` presets run ``num_executors`` (or the profiled count) per
+    processor; the others run one, whatever is asked.
+    """
+    executors: list[ExecutorInfo] = []
+    for processor_id, kind, profiled in processors:
+        count = (num_executors or profiled) if parallel else 1
+        for _ in range(count):
+            executors.append(ExecutorInfo(len(executors), processor_id, kind))
+    return executors
 
 
 @dataclass(slots=True)
