@@ -8,6 +8,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from edgecoe.profiler.fit import fit_linear, largest_useful_batch
 from edgecoe.profiler.schema import ArchitectureCost, ProcessorProfile
 from edgecoe.providers import ProviderChoice, create_session
 
+_SMALL_BATCH = 4  # batches up to this size are timed for B's sake, many times over
 _SYMBOLIC_ITEM_DIM = 8  # size for a symbolic non-batch dim (sequence length) when measuring
 
 
@@ -45,7 +47,7 @@ def batch_inputs(pkg: Package, expert: str, batch: int, *, seed: int = 0) -> dic
 
 def measure_architecture(
     pkg: Package, expert: str, processor: ProcessorProfile, choice: ProviderChoice, *,
-    batches: list[int], repeats: int, threads: int,
+    batches: list[int], repeats: int, threads: int, min_seconds: float = 0.0,
 ) -> ArchitectureCost:
     """Everything the runtime needs about one architecture on one processor.
 
@@ -78,27 +80,7 @@ def measure_architecture(
     except EdgecoeError as exc:
         raise MeasurementError(f"expert {expert} ({record.architecture}) on {processor.id}: {exc}") from exc
 
-    latency: dict[int, float] = {}
-    release_freed_memory()
-    memory_after: dict[int, int] = {}
-    for n in batches:
-        feeds = batch_inputs(pkg, expert, n)
-        try:
-            session.run(None, feeds)  # warm-up: first runs allocate
-            samples = []
-            # Small batches are short and noisy: time them more often.
-            for _ in range(max(10, 2 * repeats) if n <= 4 else max(3, repeats)):
-                start = time.perf_counter()
-                session.run(None, feeds)
-                samples.append(_ms(start))
-        except Exception as exc:  # noqa: BLE001 - ORT run errors are untyped
-            if n == batches[0]:
-                raise MeasurementError(f"expert {expert} does not run a batch of {n}: {exc}") from exc
-            break  # a batch this large does not run here (memory): the curve ends before it
-        # NOTE: the minimum, not the median: interference only ever adds time,
-        # and the minimum repeated best between two profiles of one machine.
-        latency[n] = min(samples)
-        memory_after[n] = process_memory_bytes()
+    latency, memory_after = _latency_curve(session, pkg, expert, batches, repeats, min_seconds)
     sizes = sorted(latency)
     fit = fit_linear(sizes, [latency[n] for n in sizes]) if len(sizes) >= 2 else None
     item_bytes = 0
@@ -112,6 +94,53 @@ def measure_architecture(
         latency_ms={n: round(latency[n], 4) for n in sizes}, load_cold_ms=statistics.median(cold),
         load_warm_ms=statistics.median(warm), load_optimized_ms=optimized_ms, representative=expert,
     )
+
+
+def _latency_curve(
+    session: Any, pkg: Package, expert: str, batches: list[int], repeats: int, min_seconds: float,
+) -> tuple[dict[int, float], dict[int, int]]:
+    """Best-of latency per batch size, and process memory after each size's first run.
+
+    NOTE: the batch sizes are timed in interleaved rounds (1, 2, ..., 32, 1,
+    2, ...), not one size after the other: on a shared VM the machine's speed
+    drifts over seconds, and timing each size in its own stretch of time put
+    that drift into the curve's shape, so B (the intercept, ~10 % of batch-1
+    latency) moved 25-99 % between two profiles. Interleaved, every size sees
+    the same phases and the minimum of each is comparable.
+
+    Raises:
+        MeasurementError: the smallest batch does not run. A larger batch
+        that fails (memory) ends the curve before it.
+    """
+    release_freed_memory()
+    feeds: dict[int, dict[str, np.ndarray]] = {}
+    memory_after: dict[int, int] = {}
+    for n in batches:
+        inputs = batch_inputs(pkg, expert, n)
+        try:
+            session.run(None, inputs)  # warm-up: first runs allocate
+        except Exception as exc:  # noqa: BLE001 - ORT run errors are untyped
+            if n == batches[0]:
+                raise MeasurementError(f"expert {expert} does not run a batch of {n}: {exc}") from exc
+            break  # a batch this large does not run here (memory): the curve ends before it
+        feeds[n] = inputs
+        memory_after[n] = process_memory_bytes()
+    samples: dict[int, list[float]] = {n: [] for n in feeds}
+    large_rounds = max(3, repeats)
+    began, round_ = time.perf_counter(), 0
+    # Small batches decide B and are cheap: they get rounds until both a count
+    # and a time floor are met, so their minimum has seen the machine's fast phases.
+    while round_ < max(10, 2 * repeats) or (time.perf_counter() - began < min_seconds and round_ < 500):
+        for n, inputs in feeds.items():
+            if n > _SMALL_BATCH and round_ >= large_rounds:
+                continue
+            start = time.perf_counter()
+            session.run(None, inputs)
+            samples[n].append(_ms(start))
+        round_ += 1
+    # NOTE: the minimum, not the median: interference only ever adds time,
+    # and the minimum repeated best between two profiles of one machine.
+    return {n: min(s) for n, s in samples.items()}, memory_after
 
 
 def measure_host_load_ms(pkg: Package, expert: str, choice: ProviderChoice, *, repeats: int, threads: int) -> float:

@@ -49,6 +49,8 @@ class ProfileSettings:
     Attributes:
         batches: batch sizes for the latency curve.
         repeats: repetitions per timing (medians are kept).
+        curve_seconds: least time spent timing the small batches of one
+            architecture's latency curve (B's precision comes from it).
         sample_requests: requests in the sample workload for allocation.
         max_executors: executor counts tried: 1..max_executors.
         initial / margin: the decay-window search's parameters (paper: 15, 5 %).
@@ -61,6 +63,7 @@ class ProfileSettings:
 
     batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     repeats: int = 5
+    curve_seconds: float = 2.0
     sample_requests: int = 400
     max_executors: int = 3
     initial: int = 15
@@ -72,7 +75,7 @@ class ProfileSettings:
     @classmethod
     def quick(cls, **overrides: object) -> ProfileSettings:
         """Settings that profile pcb-small in well under a minute (CI)."""
-        base = dict(batches=(1, 2, 4, 8), repeats=2, sample_requests=150, max_executors=2, initial=4)
+        base = dict(batches=(1, 2, 4, 8), repeats=2, curve_seconds=0.0, sample_requests=150, max_executors=2, initial=4)
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -137,7 +140,8 @@ def profile_package(
             if progress:
                 progress(f"measuring {arch} on {processor.id}", done, total)
             cost = measure_architecture(pkg, expert, processor, choice, batches=list(settings.batches),
-                                        repeats=settings.repeats, threads=threads)
+                                        repeats=settings.repeats, threads=threads,
+                                        min_seconds=settings.curve_seconds)
             if memory == "numa":
                 host_ms = measure_host_load_ms(pkg, expert, choice, repeats=settings.repeats, threads=threads)
                 cost = cost.model_copy(update={"host_load_ms": host_ms})
