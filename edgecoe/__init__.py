@@ -18,10 +18,11 @@ from edgecoe.errors import (
 )
 from edgecoe.package import Package, load_package
 from edgecoe.config import RuntimeConfig
-from edgecoe.results import Report, RequestError, Result
+from edgecoe.results import CloseOutcome, Report, RequestCancelled, RequestError, Result
 from edgecoe.runtime import Runtime, load
 
 __all__ = [
+    "CloseOutcome",
     "EdgecoeError",
     "ExportError",
     "InvalidInputError",
@@ -31,6 +32,7 @@ __all__ = [
     "Problem",
     "ProfileError",
     "Report",
+    "RequestCancelled",
     "RequestError",
     "Result",
     "Runtime",

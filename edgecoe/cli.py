@@ -41,14 +41,42 @@ def _errors_are_one_line(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except EdgecoeError as exc:
+        except (EdgecoeError, OSError) as exc:
             ctx = click.get_current_context()
             if ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:  # a file the user named
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+class _Group(click.Group):
+    """Click's usage errors (unknown flag, bad value, missing argument) as one
+    line like every other error, instead of usage text plus a blank line."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def _progress(console: Console) -> Progress:
@@ -57,7 +85,7 @@ def _progress(console: Console) -> Progress:
                     transient=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(edgecoe.__version__, prog_name="edgecoe")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def main(debug: bool) -> None:
@@ -199,8 +227,9 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
     from edgecoe.config import parse_budget
     from edgecoe.profiler import save_profile
     from edgecoe.memory import available_memory_bytes
-    from edgecoe.profiler.run import ProfileSettings, profile_package
+    from edgecoe.profiler.run import ProfileSettings, check_device, profile_package
 
+    check_device(device)
     pkg = edgecoe.load_package(package, verify="quick")
     overrides: dict[str, object] = {"search": not no_search}
     if memory_limit is not None:
@@ -259,12 +288,15 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
           sweep: str | None, json_path: Path | None, plots_dir: Path | None, trace_path: Path | None) -> None:
     """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios."""
     from edgecoe.bench import ABLATION, DEFAULT_POLICIES, paper_package, run_bench
+    from edgecoe.bench.harness import entry_config
     from edgecoe.bench.report import render_table, sweep_points, write_plots
     from edgecoe.profiler.select import best_profile, resolve_profile
     from edgecoe.workload import generate_workload
 
     console = _console()
     entries = list(ABLATION) if ablation else (policies.split(",") if policies else list(DEFAULT_POLICIES))
+    for entry in entries:
+        entry_config(entry, 1, 1)  # an unknown name fails here, before any work
     profile = None
     if paper:
         simulate = True
@@ -406,6 +438,8 @@ def _print_report(console: Console, report: Any) -> None:
                   f"evictions {report.num_evictions}, loaded {format_bytes(report.bytes_loaded)}; peak {peaks}")
     for cause, count in sorted(report.errors.items(), key=lambda kv: -kv[1])[:5]:
         console.print(f"  {count} failed: {cause}")
+    for expert, cause in report.quarantined.items():
+        console.print(f"  [yellow]quarantined[/yellow] {expert}: {cause}")
 
 
 if __name__ == "__main__":  # pragma: no cover

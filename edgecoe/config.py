@@ -35,6 +35,11 @@ class RuntimeConfig:
         prefetch: override whether the preset prefetches subsequent experts
             (default for edgecoe: on GPU/CoreML processors only, see Preset).
         preload: override whether the preset preloads by usage probability.
+        quarantine_after: consecutive failures (load or run) after which an
+            expert is quarantined: its requests fail at once, naming the cause,
+            instead of paying a load that fails again. 0: never quarantine.
+        quarantine_s: how long a quarantine lasts; then one attempt is let
+            through, and a failure quarantines the expert again at once.
     """
 
     policy: str = "edgecoe"
@@ -49,6 +54,8 @@ class RuntimeConfig:
     scheduler: str | None = None
     prefetch: bool | None = None
     preload: bool | None = None
+    quarantine_after: int = 3
+    quarantine_s: float = 60.0
 
     def validate(self) -> None:
         from edgecoe.cache import EVICTION_POLICIES
@@ -72,6 +79,10 @@ class RuntimeConfig:
 
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InvalidInputError(f"scheduler={self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+        if self.quarantine_after < 0:
+            raise InvalidInputError(f"quarantine_after={self.quarantine_after} must be >= 0 (0: never)")
+        if not self.quarantine_s > 0:
+            raise InvalidInputError(f"quarantine_s={self.quarantine_s} must be > 0")
         if self.budget is not None:
             parse_budget(self.budget, total_bytes=1 << 40)  # syntax check; the share is resolved later
 

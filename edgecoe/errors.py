@@ -57,9 +57,11 @@ class _ProblemsError(InvalidInputError):
         self.subject = str(subject)
         self.problems = list(problems)
         count = len(self.problems)
+        if count == 1:  # one line, as a CLI error should be
+            super().__init__(f"{self.what} {self.subject} is invalid: {self.problems[0]}")
+            return
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{self.what} {self.subject} is invalid ({count} {noun}):\n{lines}")
+        super().__init__(f"{self.what} {self.subject} is invalid ({count} problems):\n{lines}")
 
 
 class PackageError(_ProblemsError):

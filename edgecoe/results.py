@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,45 @@ class RequestError(EdgecoeError):
         self.cause = cause
         where = f"at expert {expert!r}" if expert else "before routing"
         super().__init__(f"request {request_id} failed {where}: {cause}")
+
+
+class RequestCancelled(RequestError):
+    """A request that never ran to the end because the runtime closed (without
+    draining, or when its drain timed out)."""
+
+
+@dataclass(frozen=True)
+class CloseOutcome:
+    """What :meth:`Runtime.close` did with each request in flight when it was called.
+
+    Attributes:
+        completed: ids that finished with a result.
+        failed: ids that failed (an expert's error, quarantine) -> cause.
+        cancelled: ids cancelled by the close.
+    """
+
+    completed: list[str]
+    failed: dict[str, str]
+    cancelled: list[str]
+
+    @classmethod
+    def of(cls, futures: dict[str, Future[Result]]) -> CloseOutcome:
+        completed, failed, cancelled = [], {}, []
+        for rid, future in futures.items():
+            if not future.done():  # close() resolves every future; never block here if one slipped
+                cancelled.append(rid)
+                continue
+            error = future.exception()
+            if error is None:
+                completed.append(rid)
+            elif isinstance(error, RequestCancelled):
+                cancelled.append(rid)
+            else:
+                failed[rid] = getattr(error, "cause", str(error))
+        return cls(completed, failed, cancelled)
+
+    def __len__(self) -> int:
+        return len(self.completed) + len(self.failed) + len(self.cancelled)
 
 
 @dataclass(frozen=True)
@@ -67,6 +107,8 @@ class Report:
     simulated: bool = False
     profile: str = ""
     errors: dict[str, int] = field(default_factory=dict)  # cause -> count
+    quarantined: dict[str, str] = field(default_factory=dict)  # expert quarantined at the end -> last cause
+    expert_failures: dict[str, int] = field(default_factory=dict)  # expert -> failed loads/runs
     machine: dict[str, str] = field(default_factory=lambda: machine_info())
 
     def to_dict(self) -> dict[str, object]:

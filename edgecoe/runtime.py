@@ -26,12 +26,13 @@ from edgecoe.timeline import Timeline
 from edgecoe.cache.host import HostStore
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
+from edgecoe.health import ExpertHealth
 from edgecoe.memory import available_memory_bytes, measure_footprint, release_freed_memory, trim_heap
 from edgecoe.package import Package, load_package
 from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
 from edgecoe.providers import ProviderChoice, choose_providers, create_session
-from edgecoe.results import Report, RequestError, Result, latency_summary
+from edgecoe.results import CloseOutcome, Report, RequestCancelled, RequestError, Result, latency_summary
 from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
 from edgecoe.sched.presets import prefetch_enabled
@@ -75,6 +76,24 @@ class _Payload:
     inputs: dict[str, np.ndarray]
 
 
+class _NeededView:
+    """Live ``in`` test over the experts queued or running tasks need.
+
+    Handed to the cache as the prefetch's protect set: the cache asks it at
+    eviction time, so a task queued after the prefetch was decided is covered
+    too. Reads a dict the runtime updates under its lock; a single ``get``
+    needs no lock of its own.
+    """
+
+    __slots__ = ("_counts",)
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def __contains__(self, expert: object) -> bool:
+        return self._counts.get(expert, 0) > 0  # type: ignore[call-overload]
+
+
 class Runtime:
     """Serves one package. Use :func:`edgecoe.load` to make one; close it (or use ``with``).
 
@@ -101,6 +120,9 @@ class Runtime:
         self._errors: dict[str, int] = {}
         self._num_prefetches = 0
         self._running: dict[int, str] = {}  # executor -> expert it is running
+        self._needed: dict[str, int] = {}  # expert -> tasks queued or running for it
+        self._needed_view = _NeededView(self._needed)
+        self.health = ExpertHealth(threshold=self.config.quarantine_after, quarantine_s=self.config.quarantine_s)
         self._trimmed_at_evictions = 0
         self._last_trim = 0.0
 
@@ -267,6 +289,7 @@ class Runtime:
             RuntimeError: the runtime is closed.
         """
         arrays = self._validate_inputs(inputs)
+        self._validate_metadata(metadata or {})
         try:
             first = entry_expert(self.package.manifest.entry, metadata or {})
         except RoutingError as exc:
@@ -282,7 +305,7 @@ class Runtime:
             now = self.now_ms()
             request = _Request(rid, arrays, future, now)
             self._requests[rid] = request
-            self.scheduler.add(Task(rid, first, now, seq, _Payload(request, arrays)), now)
+            self._enqueue_locked(Task(rid, first, now, seq, _Payload(request, arrays)), now)
             self._work.notify_all()
         return future
 
@@ -300,8 +323,30 @@ class Runtime:
                     isinstance(d, int) and d != s for d, s in zip(spec.shape, array.shape)):
                 raise InvalidInputError(f"input {name!r} has shape {list(array.shape)}, expected {spec.shape_str()} "
                                         "(one item, no batch axis)")
+            if not spec.allow_non_finite and array.dtype.kind in "fc" and not np.isfinite(array).all():
+                bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+                raise InvalidInputError(f"input {name!r} has {bad} NaN/inf value(s); the package expects finite "
+                                        "values (its manifest input sets allow_non_finite: false)")
             out[name] = array
         return out
+
+    def _validate_metadata(self, metadata: Mapping[str, object]) -> None:
+        """Keys the package declares (or its entry key), scalar values, declared values only."""
+        manifest = self.package.manifest
+        known = set(manifest.metadata) | {manifest.entry.key}
+        unknown = sorted(set(metadata) - known)
+        if unknown:
+            raise InvalidInputError(f"request metadata has unknown key(s) {unknown}; the package knows "
+                                    f"{sorted(known)}")
+        for key, value in metadata.items():
+            if not isinstance(value, (str, int, float, bool)) or (isinstance(value, float) and not np.isfinite(value)):
+                raise InvalidInputError(f"request metadata {key}={value!r}: expected a string, integer, "
+                                        "finite number or boolean")
+            declared = manifest.metadata.get(key)
+            if declared is not None and declared.values is not None and str(value) not in declared.values:
+                shown = ", ".join(declared.values[:8]) + (", ..." if len(declared.values) > 8 else "")
+                raise InvalidInputError(f"request metadata {key}={value!r} is not one of the package's "
+                                        f"values ({shown})")
 
     def run(self, workload: Workload, *, progress: Callable[[int, int], None] | None = None) -> Report:
         """Submit a workload at its arrival times and wait for every request.
@@ -362,31 +407,46 @@ class Runtime:
             if set_future is not None:
                 set_future(future)
 
-    def close(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
-        """Stop the executors.
+    def close(self, *, drain: bool = True, timeout_s: float | None = None) -> CloseOutcome:
+        """Stop the executors; every request in flight ends with a result or an error.
 
         Args:
-            drain: finish queued requests first (True) or fail them with
-                RequestError("cancelled") (False).
+            drain: finish queued requests first (True) or fail them at once
+                with :class:`RequestCancelled` (False).
+            timeout_s: with ``drain``, how long to wait; requests still in
+                flight then are cancelled (their futures fail with
+                :class:`RequestCancelled`), so no caller waits forever.
+
+        Returns:
+            What became of each request in flight when ``close`` was called.
         """
         with self._work:
-            if self._closing and not any(t.is_alive() for t in self._threads):
-                return
+            in_flight = {rid: r.future for rid, r in self._requests.items()}
             if not drain:
-                while len(self.scheduler):
-                    for executor in range(len(self.executors)):
-                        batch = self.scheduler.pop_batch(executor, self.now_ms())
-                        if batch is not None:
-                            for task in batch.tasks:
-                                self._fail_locked(task, "cancelled: runtime closed without draining")
+                self._cancel_queued_locked("cancelled: runtime closed without draining")
             self._closing = True
             self._work.notify_all()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for thread in [*self._threads, *([self._prefetch_thread] if self._prefetch_thread else [])]:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._work:
+            if self._requests:  # timed out: queued ones never run, running ones are abandoned
+                self._cancel_queued_locked(f"cancelled: close timed out after {timeout_s:g} s")
+                for request in list(self._requests.values()):
+                    self._fail_request_locked(request, None, f"cancelled: close timed out after {timeout_s:g} s")
         for cache in self.caches.values():
             cache.clear()
         release_freed_memory()
+        return CloseOutcome.of(in_flight)
+
+    def _cancel_queued_locked(self, cause: str) -> None:
+        while len(self.scheduler):
+            for executor in range(len(self.executors)):
+                batch = self.scheduler.pop_batch(executor, self.now_ms())
+                if batch is not None:
+                    for task in batch.tasks:
+                        self._needed_done_locked(task.expert)
+                        self._fail_locked(task, cause)
 
     def __enter__(self) -> Runtime:
         return self
@@ -410,6 +470,8 @@ class Runtime:
                 self._run_batch(info, batch)
             finally:
                 with self._work:
+                    for task in batch.tasks:
+                        self._needed_done_locked(task.expert)
                     self._running.pop(info.index, None)
                     self.scheduler.batch_done(info.index, self.now_ms())
                     self._work.notify_all()
@@ -420,39 +482,76 @@ class Runtime:
     def _run_batch(self, info: ExecutorInfo, batch: Batch) -> None:
         cache = self.caches[info.processor_id]
         expert = batch.expert
+        blocked = self.health.blocked(expert, self.now_ms() / 1e3)
+        if blocked is not None:
+            self._fail_all(batch.tasks, blocked)
+            return
         if self._prefetch_on[info.processor_id]:
             self._hint_prefetch(info.processor_id, expert)
         acquire_start = self.now_ms()
         try:
             acquired = cache.acquire(expert)
         except (CacheLoadError, ValueError) as exc:
-            with self._work:
-                for task in batch.tasks:
-                    self._fail_locked(task, str(exc))
+            self._expert_failed(expert, str(exc))
+            self._fail_all(batch.tasks, str(exc))
             return
         assert acquired is not None
         if self.timeline is not None and not acquired.hit:
             self.timeline.span("load", expert, info.index, acquire_start, self.now_ms() - acquire_start)
         record = self.package.experts[expert]
         try:
-            started = time.perf_counter()
-            run_start = self.now_ms()
-            outputs = self._execute(acquired.handle, record, batch.tasks)
-            self.cost.observe_exec(expert, info.kind, len(batch.tasks), (time.perf_counter() - started) * 1e3)
-            if self.timeline is not None:
-                self.timeline.span(f"batch[{len(batch.tasks)}]", expert, info.index, run_start,
-                                   self.now_ms() - run_start)
-        except Exception as exc:  # noqa: BLE001 - one expert's failure must not stop the executor
-            with self._work:
-                for task in batch.tasks:
-                    self._fail_locked(task, f"{type(exc).__name__}: {exc}")
-            return
+            done, failed = self._execute_isolating(acquired.handle, record, batch.tasks, info)
         finally:
             cache.release(expert)
             self._maybe_trim(cache)
+        if done:
+            self.health.succeeded(expert)
+        elif failed:
+            self._expert_failed(expert, failed[0][1])
         with self._work:
-            for index, task in enumerate(batch.tasks):
+            for task, cause in failed:
+                self._fail_locked(task, cause)
+            for task, outputs, index in done:
                 self._route_locked(task, record.route, outputs, index)
+            self._work.notify_all()
+
+    def _execute_isolating(
+        self, session, record, tasks: list[Task], info: ExecutorInfo,  # type: ignore[no-untyped-def]
+    ) -> tuple[list[tuple[Task, dict[str, np.ndarray], int]], list[tuple[Task, str]]]:
+        """Run a batch; if it fails, run its items one by one so that one bad
+        item fails alone and its batch mates still complete.
+
+        Returns:
+            (task, batch outputs, row) for each item that ran, (task, cause) for each that failed.
+        """
+        expert = tasks[0].expert
+        try:
+            started, run_start = time.perf_counter(), self.now_ms()
+            outputs = self._execute(session, record, tasks)
+            self.cost.observe_exec(expert, info.kind, len(tasks), (time.perf_counter() - started) * 1e3)
+            if self.timeline is not None:
+                self.timeline.span(f"batch[{len(tasks)}]", expert, info.index, run_start, self.now_ms() - run_start)
+            return [(task, outputs, i) for i, task in enumerate(tasks)], []
+        except Exception as exc:  # noqa: BLE001 - one expert's failure must not stop the executor
+            if len(tasks) == 1:
+                return [], [(tasks[0], f"{type(exc).__name__}: {exc}")]
+        done, failed = [], []
+        for task in tasks:
+            try:
+                done.append((task, self._execute(session, record, [task]), 0))
+            except Exception as exc:  # noqa: BLE001 - this item's failure is its own
+                failed.append((task, f"{type(exc).__name__}: {exc}"))
+        return done, failed
+
+    def _expert_failed(self, expert: str, cause: str) -> None:
+        if self.health.failed(expert, cause, self.now_ms() / 1e3):
+            logger.warning("expert %s quarantined for %g s after %d consecutive failures; last: %s",
+                           expert, self.config.quarantine_s, self.config.quarantine_after, cause)
+
+    def _fail_all(self, tasks: list[Task], cause: str) -> None:
+        with self._work:
+            for task in tasks:
+                self._fail_locked(task, cause)
             self._work.notify_all()
 
     def _maybe_trim(self, cache: ExpertCache) -> None:
@@ -509,7 +608,18 @@ class Runtime:
         for target in targets:
             specs = self.package.experts[target].inputs
             inputs = {s.name: request.inputs[s.name] if s.name in request.inputs else item[s.name] for s in specs}
-            self.scheduler.add(Task(request.id, target, now, next(self._seq), _Payload(request, inputs)), now)
+            self._enqueue_locked(Task(request.id, target, now, next(self._seq), _Payload(request, inputs)), now)
+
+    def _enqueue_locked(self, task: Task, now: float) -> None:
+        self._needed[task.expert] = self._needed.get(task.expert, 0) + 1
+        self.scheduler.add(task, now)
+
+    def _needed_done_locked(self, expert: str) -> None:
+        left = self._needed[expert] - 1
+        if left:
+            self._needed[expert] = left
+        else:
+            del self._needed[expert]
 
     def _finish_task_locked(self, request: _Request) -> None:
         request.pending -= 1
@@ -523,15 +633,18 @@ class Runtime:
                                          dict(request.leaves), latency))
 
     def _fail_locked(self, task: Task, cause: str) -> None:
-        request: _Request = task.payload.request  # type: ignore[union-attr]
-        if request.failed:
+        self._fail_request_locked(task.payload.request, task.expert, cause)  # type: ignore[union-attr]
+
+    def _fail_request_locked(self, request: _Request, expert: str | None, cause: str) -> None:
+        if request.failed or request.future.done():
             return
         request.failed = True
         self._requests.pop(request.id, None)
         self._num_failed += 1
         key = cause[:80]
         self._errors[key] = self._errors.get(key, 0) + 1
-        request.future.set_exception(RequestError(request.id, task.expert, cause))
+        error_type = RequestCancelled if cause.startswith("cancelled") else RequestError
+        request.future.set_exception(error_type(request.id, expert, cause))
 
     # -- prefetch ------------------------------------------------------------------------
     def _hint_prefetch(self, processor_id: str, expert: str) -> None:
@@ -550,8 +663,8 @@ class Runtime:
                     self._work.wait(timeout=0.5)
                 processor_id, experts = self._prefetch_hints.pop()
                 self._prefetch_hints.clear()  # only the newest hint matters
-                protect = frozenset(self.scheduler.queued_experts()) | frozenset(self._running.values())
-            loaded = maybe_prefetch(self.caches[processor_id], experts, protect=protect)
+            experts = [e for e in experts if self.health.blocked(e, self.now_ms() / 1e3) is None]
+            loaded = maybe_prefetch(self.caches[processor_id], experts, protect=self._needed_view)
             if loaded:
                 with self._lock:
                     self._num_prefetches += len(loaded)
@@ -590,6 +703,7 @@ class Runtime:
             load_s=sum(c.stats.load_seconds for c in self.caches.values()),
             executors={p.id: sum(1 for e in self.executors if e.processor_id == p.id) for p in self.profile.processors},
             startup_s=self.startup_s, profile=self.profile.name, errors=errors,
+            quarantined=self.health.quarantined(self.now_ms() / 1e3), expert_failures=self.health.failures(),
         )
 
 

@@ -133,6 +133,8 @@ def read_workload(path: str | Path) -> Workload:
                 loc = ".".join(str(p) for p in err["loc"]) or "(line)"
                 problems.append(f"{path}:{number}: {loc}: {err['msg']}")
     if problems:
+        if len(problems) == 1:  # one line, as a CLI error should be
+            raise WorkloadError(f"workload {path} is invalid: {problems[0]}")
         more = f"\n  … and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
         raise WorkloadError(f"workload {path} is invalid:\n  " + "\n  ".join(problems[:_MAX_REPORTED]) + more)
     if not requests:

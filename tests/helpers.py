@@ -83,3 +83,80 @@ def chain_spec(model_dir: Path, *, optimize: bool = False) -> dict:
             "stage2": {"source": {"onnx": "stage2.onnx"}, "architecture": "lin3"},
         },
     }
+
+
+def wide_package(
+    dest: Path, *, num_first: int = 12, num_second: int = 4, routes: list[str] | None = None,
+    width: int = 8, hidden: int = 16, seed: int = 0,
+) -> Path:
+    """A two-stage package of tiny experts, written directly (no export verification: fast).
+
+    ``num_first`` preliminary experts ``f0..`` picked by metadata ``kind``
+    (values ``k0..``), each routing by ``routes[i]`` (cycled): "argmax" (class 1
+    goes on), "threshold", "fanout" (to two second-stage experts) or "stop";
+    ``num_second`` subsequent experts ``s0..`` (of a second architecture) take
+    the request input ``x`` again. Usage probabilities are the declared ones.
+    """
+    from edgecoe.package.manifest import (
+        EntryRule,
+        ExpertRecord,
+        Manifest,
+        MetadataField,
+        TensorSpec,
+    )
+    from edgecoe.package.routing import declared_usage_probabilities
+    from edgecoe.package.writer import PackageWriter
+
+    routes = routes or ["argmax"]
+    kinds = [f"k{i}" for i in range(num_first)]
+    x = TensorSpec(name="x", dtype="float32", shape=["batch", width])
+    experts: dict[str, ExpertRecord] = {}
+    with PackageWriter(dest, overwrite=True) as writer:
+        for j in range(num_second):
+            model = _mlp(width, hidden, 3, seed=seed * 1000 + 500 + j)
+            record, _ = writer.write_model(f"experts/s{j}.onnx", model)
+            experts[f"s{j}"] = ExpertRecord(
+                architecture="second", model=record, inputs=[x],
+                outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 3])], usage_probability=0.0)
+        for i in range(num_first):
+            model = _mlp(width, hidden, 2, seed=seed * 1000 + i)
+            record, _ = writer.write_model(f"experts/f{i}.onnx", model)
+            kind = routes[i % len(routes)] if num_second else "stop"
+            nxt = [f"s{i % num_second}"] if num_second else []
+            route: dict = {"kind": "stop"}
+            if kind == "argmax":
+                route = {"kind": "argmax", "output": "y", "classes": {1: nxt}, "class_fractions": {1: 0.5}}
+            elif kind == "threshold":
+                route = {"kind": "threshold", "output": "y", "threshold": 0.0, "above": nxt, "fraction_above": 0.5}
+            elif kind == "fanout":
+                route = {"kind": "fanout", "next": sorted({nxt[0], f"s{(i + 1) % num_second}"})}
+            experts[f"f{i}"] = ExpertRecord.model_validate(dict(
+                architecture="first", model=record, inputs=[x],
+                outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 2])], usage_probability=0.0,
+                route=route))
+        manifest = Manifest(
+            name="wide", inputs=[TensorSpec(name="x", dtype="float32", shape=[width])],
+            metadata={"kind": MetadataField(values=kinds)},
+            entry=EntryRule(key="kind", experts={k: f"f{i}" for i, k in enumerate(kinds)}), experts=experts)
+        probabilities = declared_usage_probabilities(manifest)
+        manifest = manifest.model_copy(update={"experts": {
+            n: e.model_copy(update={"usage_probability": min(1.0, round(probabilities[n], 9))})
+            for n, e in experts.items()}})
+        writer.commit(manifest)
+    return dest
+
+
+def _mlp(width: int, hidden: int, out: int, *, seed: int) -> onnx.ModelProto:
+    """y = relu(x W1 + b1) W2 + b2, batch axis symbolic."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("W1", (width, hidden)), ("B1", (hidden,)), ("W2", (hidden, out)), ("B2", (out,)))]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h0"]), helper.make_node("Add", ["h0", "B1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "W2"], ["o0"]),
+             helper.make_node("Add", ["o0", "B2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from edgecoe.cli import main
@@ -82,3 +83,33 @@ def test_run_rejects_bad_flags_in_one_line(pcb_small):
     assert result.exit_code == 2 and "unknown policy 'fastest'" in result.output
     result = CliRunner().invoke(main, ["run", str(pcb_small), "--budget", "lots"])
     assert result.exit_code == 2 and "budget 'lots'" in result.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "{pkg}", "--requests", "-5"], "--requests"),
+    (["run", "{pkg}", "--requests", "many"], "'many' is not a valid integer"),
+    (["run", "{pkg}", "--executors", "0"], "--executors"),
+    (["run", "{pkg}", "--no-such-flag"], "No such option"),
+    (["run", "{pkg}", "--budget", "-3%"], "budget"),
+    (["run", "{pkg}", "--profile", "{tmp}/missing.json"], "missing.json"),
+    (["run", "{pkg}", "--profile", "{tmp}/garbage.json"], "garbage.json"),
+    (["run", "{pkg}", "--workload", "{tmp}/missing.jsonl"], "missing.jsonl"),
+    (["run", "{pkg}", "--workload", "{tmp}/garbage.json"], "garbage.json"),
+    (["run", "{tmp}/no-package"], "no-package"),
+    (["frobnicate"], "No such command"),
+    (["inspect"], "Missing argument"),
+    (["export", "{tmp}/missing.yaml", "-o", "{tmp}/out"], "missing.yaml"),
+    (["export", "{tmp}/garbage.json", "-o", "{tmp}/out"], "garbage.json"),
+    (["profile", "{pkg}", "--device", "tpu", "-o", "{tmp}/p.json"], "tpu"),
+    (["workload", "check", "{tmp}/garbage.json"], "garbage.json"),
+    (["bench", "{pkg}", "--policies", "samba,fastest"], "fastest"),
+])
+def test_every_user_mistake_is_one_line_and_nonzero(args, says, pcb_small, tmp_path):
+    (tmp_path / "garbage.json").write_text("{ not json")
+    argv = [a.format(pkg=pcb_small, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code not in (0, None), result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and says in lines[0], result.output
+    assert "Traceback" not in result.output

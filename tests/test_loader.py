@@ -205,3 +205,80 @@ def test_many_problems_reported_together(chain_package):
     edit_manifest(chain_package, lambda d: d["entry"].update(default="ghost"))
     problems = problems_of(chain_package)
     assert len(problems) >= 3
+
+
+def test_declared_size_far_larger_than_the_file(chain_package):
+    """A manifest claiming a huge model (to make a runtime reserve memory for it) is refused."""
+    edit_manifest(chain_package, lambda d: d["experts"]["stage2"]["model"].update(bytes=10**12))
+    only(problems_of(chain_package, verify="quick"), "experts/stage2.onnx", "size is")
+
+
+def _escape_external_data(pkg: Path, tmp_path: Path) -> None:
+    model = linear_model(in_dim=4, out_dim=3, seed=3)
+    (tmp_path / "evil.bin").write_bytes(b"\0" * 64)
+    for init in model.graph.initializer:
+        init.ClearField("raw_data")
+        init.data_location = onnx.TensorProto.EXTERNAL
+        entry = init.external_data.add()
+        entry.key, entry.value = "location", "../../evil.bin"
+    (pkg / "experts" / "stage2.onnx").write_bytes(model.SerializeToString())
+    record = record_file(pkg, "experts/stage2.onnx")
+    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+
+
+def _custom_op(pkg: Path, tmp_path: Path) -> None:
+    model = linear_model(in_dim=4, out_dim=3, seed=3)
+    model.opset_import.append(onnx.helper.make_opsetid("com.evil.ops", 1))
+    model.graph.node[1].domain = "com.evil.ops"
+    (pkg / "experts" / "stage2.onnx").write_bytes(model.SerializeToString())
+    record = record_file(pkg, "experts/stage2.onnx")
+    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+
+
+def _symlink_out(pkg: Path, tmp_path: Path) -> None:
+    target = pkg / "experts" / "stage2.onnx"
+    (tmp_path / "secret.onnx").write_bytes(target.read_bytes())
+    target.unlink()
+    os.symlink(tmp_path / "secret.onnx", target)
+
+
+def _truncate(pkg: Path, tmp_path: Path) -> None:
+    path = pkg / "experts" / "stage2.onnx"
+    path.write_bytes(path.read_bytes()[:40])
+    record = record_file(pkg, "experts/stage2.onnx")
+    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+
+
+UNTRUSTED = {
+    "traversal": lambda pkg, tmp: edit_manifest(pkg, lambda d: d["experts"]["stage2"]["model"].update(
+        path="../outside.onnx")),
+    "absolute": lambda pkg, tmp: edit_manifest(pkg, lambda d: d["experts"]["stage2"]["model"].update(
+        path="/etc/passwd")),
+    "external-data-escape": _escape_external_data,
+    "symlink": _symlink_out,
+    "huge-declared-size": lambda pkg, tmp: edit_manifest(pkg, lambda d: d["experts"]["stage2"]["model"].update(
+        bytes=10**12)),
+    "checksum": lambda pkg, tmp: flip_last_byte(pkg / "experts" / "stage2.onnx"),
+    "truncated-onnx": _truncate,
+    "custom-op": _custom_op,
+}
+
+
+CASES = [(case, verify) for case in sorted(UNTRUSTED) for verify in ("quick", "full")
+         if (case, verify) != ("checksum", "quick")]  # hashing is exactly what quick leaves out (documented)
+
+
+@pytest.mark.parametrize("case, verify", CASES)
+def test_untrusted_package_refused_before_any_session(chain_package, tmp_path, monkeypatch, case, verify):
+    """edgecoe.load refuses each case with a PackageError; onnxruntime never sees the files."""
+    import onnxruntime
+
+    import edgecoe
+
+    UNTRUSTED[case](chain_package, tmp_path)
+    sessions: list[object] = []
+    real = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: sessions.append(a) or real(*a, **k))
+    with pytest.raises(PackageError):
+        edgecoe.load(chain_package, verify=verify)
+    assert sessions == []

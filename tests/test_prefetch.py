@@ -79,3 +79,23 @@ def test_runtime_prefetch_when_forced(pcb_small):
         report = runtime.run(trace)
     assert report.num_completed == 120
     assert report.num_prefetches > 0
+
+
+def test_protect_view_is_read_at_eviction_time():
+    """A task queued after the prefetch was decided is still protected: the
+    runtime hands the cache a live view of what queued and running tasks need."""
+    from edgecoe.runtime import _NeededView
+
+    sizes = {"old": 30, "queued-late": 30, "next": 30}
+    cache = cache_of(sizes, 60)
+    for e in ("old", "queued-late"):
+        cache.acquire(e)
+        cache.release(e)
+    needed: dict[str, int] = {}
+    view = _NeededView(needed)
+    needed["queued-late"] = 1  # queued after the view was handed out
+    assert maybe_prefetch(cache, ["next"], protect=view) == ["next"]
+    assert cache.resident() == {"queued-late", "next"}
+    needed["next"] = 2
+    needed["queued-late"] = 1
+    assert maybe_prefetch(cache, ["old"], protect=view) == []  # everything evictable is needed

@@ -23,7 +23,7 @@ import enum
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 from edgecoe.cache.policies import CandidateView, EvictionPolicy
@@ -145,12 +145,13 @@ class ExpertCache:
             return entry.pins if entry else 0
 
     # -- acquire / release ---------------------------------------------------
-    def acquire(self, expert: str, *, protect: frozenset[str] = frozenset(), wait: bool = True) -> Acquired | None:
+    def acquire(self, expert: str, *, protect: Container[str] = frozenset(), wait: bool = True) -> Acquired | None:
         """Pin ``expert``, loading it first if needed.
 
         Args:
             protect: experts that must not be evicted to make room (e.g.
-                those queued batches need).
+                those queued batches need). Any container: it is asked at
+                eviction time, so a live view sees the needs of that moment.
             wait: if room cannot be made now because other experts are
                 pinned, return None instead of waiting for them.
 
@@ -177,7 +178,7 @@ class ExpertCache:
                 if entry is not None:  # LOADING elsewhere: wait for it, never load twice
                     self._changed.wait()
                     continue
-                result = self._evict_locked(needed - self.free_bytes, protect | {expert})
+                result = self._evict_locked(needed - self.free_bytes, protect, keep=expert)
                 if result.enough:
                     break
                 if not wait:
@@ -206,7 +207,7 @@ class ExpertCache:
             self._used_bytes += measured - entry.num_bytes
             entry.num_bytes = measured
             if self._used_bytes > self.budget_bytes:  # measured more than expected: make room now
-                self._evict_locked(self._used_bytes - self.budget_bytes, protect | {expert})
+                self._evict_locked(self._used_bytes - self.budget_bytes, protect, keep=expert)
             self.stats.num_misses += 1
             self.stats.bytes_loaded += measured
             self.stats.load_seconds += elapsed
@@ -226,19 +227,19 @@ class ExpertCache:
             self._changed.notify_all()
 
     # -- eviction --------------------------------------------------------------
-    def evict(self, num_bytes: int, *, protect: frozenset[str] = frozenset()) -> EvictResult:
+    def evict(self, num_bytes: int, *, protect: Container[str] = frozenset()) -> EvictResult:
         """Free at least ``num_bytes`` (beyond what is free now) if possible."""
         with self._changed:
             return self._evict_locked(num_bytes, protect)
 
-    def _evict_locked(self, num_bytes: int, protect: frozenset[str]) -> EvictResult:
+    def _evict_locked(self, num_bytes: int, protect: Container[str], keep: str | None = None) -> EvictResult:
         if num_bytes <= 0:
             return EvictResult([], 0, True)
         resident = self._resident_locked()
         candidates = [
             CandidateView(e.expert, e.num_bytes, e.loaded_seq, e.last_used_seq)
             for e in self._entries.values()
-            if e.state is EntryState.RESIDENT and e.pins == 0 and e.expert not in protect
+            if e.state is EntryState.RESIDENT and e.pins == 0 and e.expert != keep and e.expert not in protect
         ]
         if sum(c.num_bytes for c in candidates) < num_bytes:
             return EvictResult([], 0, False)  # evict nothing rather than something useless

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from edgecoe.errors import Problem, SpecError
 from edgecoe.package.loader import pydantic_problems
-from edgecoe.package.manifest import EntryRule, MetadataField, Route, StopRoute, TensorSpec
+from edgecoe.package.manifest import EntryRule, MetadataField, RequestInput, Route, StopRoute
 from edgecoe.package.routing import ExpertGraph, route_targets
 
 
@@ -82,7 +82,7 @@ class ExpertSpec(_Strict):
 class ExportSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
     description: str = ""
-    inputs: list[TensorSpec] | None = Field(
+    inputs: list[RequestInput] | None = Field(
         default=None, description="per-item request inputs; default: the preliminary experts' inputs minus batch"
     )
     metadata: dict[str, MetadataField] = Field(default_factory=dict)

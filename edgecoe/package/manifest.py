@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MANIFEST_NAME = "edgecoe.json"
 FORMAT = "edgecoe.package"
@@ -44,6 +44,13 @@ class TensorSpec(_Strict):
 
     def shape_str(self) -> str:
         return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+
+class RequestInput(TensorSpec):
+    """One input of a request (per item). ``allow_non_finite``: whether NaN/inf
+    values are accepted at submit (default: rejected before scheduling)."""
+
+    allow_non_finite: bool = False
 
 
 class FileRecord(_Strict):
@@ -200,13 +207,22 @@ class Manifest(_Strict):
     name: str = Field(pattern=_NAME)
     description: str = ""
     created_by: str = ""
-    inputs: list[TensorSpec] = Field(
+    inputs: list[RequestInput] = Field(
         min_length=1, description="one request's inputs, per item (no batch dimension)"
     )
     metadata: dict[str, MetadataField] = Field(default_factory=dict)
     entry: EntryRule
     experts: dict[str, ExpertRecord] = Field(min_length=1)
     workload_hints: WorkloadHints | None = None
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _plain_specs_are_request_inputs(cls, value: object) -> object:
+        # Builders derive request inputs from experts' TensorSpecs: take those as-is.
+        if isinstance(value, list):
+            return [v.model_dump() if isinstance(v, TensorSpec) and not isinstance(v, RequestInput) else v
+                    for v in value]
+        return value
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, so identical packages have identical bytes."""

@@ -104,6 +104,13 @@ def _processor_name() -> str:
     return platform.processor()
 
 
+def check_device(device: str) -> None:
+    """Raises InvalidInputError unless ``device`` is cpu, cuda:N or coreml."""
+    index = device.partition(":")[2]
+    if device not in ("cpu", "coreml") and not (device.startswith("cuda:") and index.isdigit()):
+        raise InvalidInputError(f"--device {device!r}: expected cpu, cuda:N or coreml")
+
+
 def profile_package(
     pkg: Package, *, device: str = "cpu", name: str | None = None, settings: ProfileSettings | None = None,
     progress: Progress | None = None,
@@ -115,8 +122,7 @@ def profile_package(
         MeasurementError: an expert cannot be measured.
     """
     settings = settings or ProfileSettings()
-    if device not in ("cpu", "coreml") and not device.startswith("cuda:"):
-        raise InvalidInputError(f"--device {device!r}: expected cpu, cuda:N or coreml")
+    check_device(device)
     info = device_info(device)
     memory = "numa" if device.startswith("cuda:") else "uma"
     limit = settings.memory_limit_bytes or _default_limit(device, info)

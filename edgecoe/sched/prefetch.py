@@ -6,7 +6,7 @@ runtime's background thread carries it out through the cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from edgecoe.cache import CacheLoadError, ExpertCache
 from edgecoe.package.manifest import ExpertRecord
@@ -20,11 +20,13 @@ def likely_successors(record: ExpertRecord, *, limit: int = 2) -> list[str]:
     return [name for name in ranked if shares[name] > 0][:limit]
 
 
-def maybe_prefetch(cache: ExpertCache, experts: Iterable[str], *, protect: frozenset[str]) -> list[str]:
+def maybe_prefetch(cache: ExpertCache, experts: Iterable[str], *, protect: Container[str]) -> list[str]:
     """Make ``experts`` resident where that evicts nothing in ``protect``.
 
     ``protect`` holds every expert a queued or running batch needs: a prefetch
-    may only displace experts nobody is waiting for. Never waits for room.
+    may only displace experts nobody is waiting for. The cache asks it at
+    eviction time, so a live view (the runtime's) also covers tasks queued
+    after the prefetch was decided. Never waits for room.
 
     Returns:
         The experts actually loaded.
@@ -34,7 +36,7 @@ def maybe_prefetch(cache: ExpertCache, experts: Iterable[str], *, protect: froze
         if cache.contains(expert):
             continue
         try:
-            got = cache.acquire(expert, protect=protect | {expert}, wait=False)
+            got = cache.acquire(expert, protect=protect, wait=False)
         except (CacheLoadError, ValueError):
             continue  # a failing prefetch is not a failure: the demand load reports it
         if got is not None:

@@ -1,0 +1,306 @@
+"""Reliability: load from many threads, injected faults, quarantine, close outcomes, bad input.
+
+Faults are injected by wrapping the runtime's session factory (``Runtime._create``),
+the one place sessions are made, so the real cache, scheduler and executors
+handle them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future, wait
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import wide_package
+
+from edgecoe.config import RuntimeConfig
+from edgecoe.errors import InvalidInputError
+from edgecoe.package import load_package
+from edgecoe.results import RequestCancelled, RequestError, Result
+from edgecoe.runtime import Runtime
+
+WAIT_S = 120  # no test here waits longer for a future: a hang fails, it does not block CI
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("wide") / "wide"
+    return load_package(wide_package(root, routes=["argmax", "threshold", "fanout", "stop"]), verify="full")
+
+
+def item(rng: np.random.Generator, width: int = 8) -> dict[str, np.ndarray]:
+    return {"x": rng.standard_normal(width).astype(np.float32)}
+
+
+class FlakySession:
+    """A real session whose ``run`` raises when ``fail(feeds)`` says so, or sleeps first."""
+
+    def __init__(self, session, fail=lambda feeds: False, delay_s: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+        self._session = session
+        self._fail = fail
+        self._delay_s = delay_s
+
+    def run(self, names, feeds):  # type: ignore[no-untyped-def]
+        if self._delay_s:
+            time.sleep(self._delay_s)
+        if self._fail(feeds):
+            raise RuntimeError("injected run failure")
+        return self._session.run(names, feeds)
+
+
+def inject(runtime: Runtime, *, create_fails=None, run_fails=None, delay_s: float = 0.0) -> Counter:  # type: ignore[no-untyped-def]
+    """Wrap the runtime's session factory; returns a counter of creations per expert.
+
+    ``create_fails(expert)``: an exception to raise instead of creating, or None.
+    ``run_fails(expert, feeds)``: whether this run raises.
+    """
+    real = runtime._create
+    created: Counter = Counter()
+
+    def create(expert: str, processor_id: str):  # type: ignore[no-untyped-def]
+        created[expert] += 1
+        error = create_fails(expert) if create_fails else None
+        if error is not None:
+            raise error
+        session = real(expert, processor_id)
+        if run_fails is None and not delay_s:
+            return session
+        return FlakySession(session, (lambda feeds: run_fails(expert, feeds)) if run_fails else (lambda f: False),
+                            delay_s)
+
+    runtime._create = create  # type: ignore[method-assign]
+    for cache in runtime.caches.values():
+        cache.clear()  # preloaded sessions were made before the injection
+    return created
+
+
+def assert_accounting_exact(runtime: Runtime) -> None:
+    for cache in runtime.caches.values():
+        cache.check()
+        assert cache.stats.peak_bytes <= cache.budget_bytes
+        assert all(cache.pins(name) == 0 for name in runtime.package.experts)
+    assert not runtime._requests and not runtime._needed and len(runtime.scheduler) == 0
+
+
+def outcomes(futures: list[Future]) -> tuple[list[Result], list[BaseException]]:
+    done, not_done = wait(futures, timeout=WAIT_S)
+    assert not not_done, f"{len(not_done)} requests never finished (deadlock?)"
+    results = [f.result() for f in futures if f.exception() is None]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    return results, errors  # type: ignore[return-value]
+
+
+# -- load ---------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["edgecoe", "samba"])
+def test_16_threads_10000_requests_each_end_once(wide, policy):
+    """16 client threads, 10,000 requests at a 25 % budget: one outcome each, accounting exact.
+
+    About 1 % of the submissions are invalid (NaN input, undeclared metadata):
+    those raise at submit, the rest all complete.
+    """
+    per_thread, threads = 625, 16
+    futures: list[Future] = []
+    rejected: list[InvalidInputError] = []
+    endings: Counter = Counter()
+    lock = threading.Lock()
+    with Runtime(wide, config=RuntimeConfig(policy=policy, budget="25%")) as runtime:
+        def client(k: int) -> None:
+            rng = np.random.default_rng(k)
+            mine, bad = [], []
+            for i in range(per_thread):
+                inputs = item(rng)
+                metadata: dict[str, object] = {"kind": f"k{int(rng.integers(12))}"}
+                if i % 100 == 7:
+                    inputs["x"][3] = np.nan
+                elif i % 100 == 57:
+                    metadata["colour"] = "red"
+                try:
+                    future = runtime.submit(inputs, metadata, request_id=f"t{k}-{i}")
+                except InvalidInputError as exc:
+                    bad.append(exc)
+                    continue
+                future.add_done_callback(lambda f: endings.update([id(f)]))
+                mine.append(future)
+            with lock:
+                futures.extend(mine)
+                rejected.extend(bad)
+
+        clients = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(timeout=WAIT_S)
+            assert not t.is_alive(), "a submitting thread is stuck"
+        results, errors = outcomes(futures)
+        assert_accounting_exact(runtime)
+        switches = runtime.caches["cpu"].stats.num_misses
+    assert len(rejected) == threads * 13  # per thread: i % 100 == 7 seven times, == 57 six times
+    assert len(futures) + len(rejected) == threads * per_thread
+    assert errors == [] and len(results) == len(futures)
+    assert len({r.request_id for r in results}) == len(results)
+    assert set(endings.values()) == {1}  # every future ended exactly once
+    assert switches > 20  # the 25 % budget really churned
+
+
+# -- faults -------------------------------------------------------------------------
+def test_run_failure_of_one_item_fails_it_alone(wide):
+    """A batch with a poisoned item is re-run item by item: only the poisoned request fails."""
+    rng = np.random.default_rng(1)
+    poison = lambda expert, feeds: bool((feeds["x"][:, 0] == 777.0).any())  # noqa: E731
+    with Runtime(wide, config=RuntimeConfig(policy="edgecoe", budget="50%", quarantine_after=0)) as runtime:
+        inject(runtime, run_fails=poison)
+        futures, poisoned = [], set()
+        for i in range(400):
+            inputs = item(rng)
+            if i % 50 == 3:
+                inputs["x"][0] = 777.0
+                poisoned.add(f"r{i}")
+            futures.append(runtime.submit(inputs, {"kind": f"k{i % 3}"}, request_id=f"r{i}"))
+        results, errors = outcomes(futures)
+        assert_accounting_exact(runtime)
+    assert {e.request_id for e in errors} == poisoned
+    assert all(isinstance(e, RequestError) and "injected run failure" in e.cause and e.expert for e in errors)
+    assert len(results) == 400 - len(poisoned)
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError("std::bad_alloc"),
+    RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory"),
+])
+def test_session_creation_failure_fails_that_expert_only(wide, error):
+    victim = "f4"
+    rng = np.random.default_rng(2)
+    with Runtime(wide, config=RuntimeConfig(policy="edgecoe", budget="25%", quarantine_after=0)) as runtime:
+        inject(runtime, create_fails=lambda expert: error if expert == victim else None)
+        futures = [runtime.submit(item(rng), {"kind": f"k{i % 12}"}) for i in range(240)]
+        results, errors = outcomes(futures)
+        assert_accounting_exact(runtime)
+        assert runtime.caches["cpu"].stats.num_load_failures >= 1
+    assert len(errors) == 20 and len(results) == 220
+    assert all(e.expert == victim and str(error) in e.cause for e in errors)
+
+
+def test_repeatedly_failing_expert_is_quarantined_then_retried(wide):
+    victim = "f1"
+    broken = {"on": True}
+    rng = np.random.default_rng(3)
+    config = RuntimeConfig(policy="samba", budget="25%", quarantine_after=3, quarantine_s=0.5)
+    with Runtime(wide, config=config) as runtime:
+        created = inject(runtime, create_fails=lambda e: OSError("corrupt file") if e == victim and broken["on"]
+                         else None)
+        errors = [outcomes([runtime.submit(item(rng), {"kind": "k1"})])[1][0] for _ in range(10)]  # one by one
+        assert len(errors) == 10
+        assert created[victim] == 3  # three loads failed; the other seven failed fast, without a load
+        assert sum("quarantined after 3 consecutive failures" in e.cause for e in errors) == 7
+        assert "corrupt file" in runtime.health.quarantined(runtime.now_ms() / 1e3)[victim]
+        others, _ = outcomes([runtime.submit(item(rng), {"kind": "k2"}) for _ in range(5)])
+        assert len(others) == 5  # the rest of the package serves on
+        report_now = runtime._report(0, [], 1.0, runtime._cache_totals())
+        assert victim in report_now.quarantined and report_now.expert_failures[victim] == 3
+        broken["on"] = False
+        time.sleep(0.6)  # the quarantine ends: one attempt goes through, and it works
+        results, errors = outcomes([runtime.submit(item(rng), {"kind": "k1"}) for _ in range(3)])
+        assert len(results) == 3 and errors == []
+        assert runtime.health.quarantined(runtime.now_ms() / 1e3) == {}
+        assert_accounting_exact(runtime)
+
+
+def test_corrupt_file_found_at_load(tmp_path):
+    root = wide_package(tmp_path / "pkg")
+    pkg = load_package(root, verify="quick")
+    with Runtime(pkg, config=RuntimeConfig(policy="edgecoe", budget="25%")) as runtime:
+        runtime.caches["cpu"].clear()
+        (root / "experts" / "f0.onnx").write_bytes(b"\x08\x07garbage")
+        rng = np.random.default_rng(4)
+        results, errors = outcomes([runtime.submit(item(rng), {"kind": f"k{i % 4}"}) for i in range(40)])
+        assert_accounting_exact(runtime)
+    assert len(errors) == 10 and all(e.expert == "f0" for e in errors)
+    assert any("cannot create a session" in e.cause for e in errors)
+    assert len(results) == 30
+
+
+# -- close --------------------------------------------------------------------------
+def test_close_drain_returns_every_outcome(wide):
+    rng = np.random.default_rng(5)
+    runtime = Runtime(wide, config=RuntimeConfig(policy="edgecoe", budget="25%"))
+    futures = [runtime.submit(item(rng), {"kind": f"k{i % 12}"}, request_id=f"d{i}") for i in range(200)]
+    outcome = runtime.close(drain=True)
+    assert all(f.done() for f in futures)
+    assert len(outcome) <= 200 and outcome.cancelled == [] and outcome.failed == {}
+    assert set(outcome.completed) <= {f"d{i}" for i in range(200)}
+    assert_accounting_exact(runtime)
+
+
+def test_close_without_drain_cancels_what_is_queued(wide):
+    rng = np.random.default_rng(6)
+    runtime = Runtime(wide, config=RuntimeConfig(policy="samba", budget="25%"))
+    inject(runtime, delay_s=0.01)
+    futures = [runtime.submit(item(rng), {"kind": f"k{i % 12}"}, request_id=f"c{i}") for i in range(100)]
+    outcome = runtime.close(drain=False)
+    assert all(f.done() for f in futures)
+    assert len(outcome) == 100 and len(outcome.cancelled) > 50
+    assert all(isinstance(futures[int(rid[1:])].exception(), RequestCancelled) for rid in outcome.cancelled)
+    assert_accounting_exact(runtime)
+
+
+def test_close_with_timeout_never_leaves_a_request_pending(wide):
+    rng = np.random.default_rng(7)
+    runtime = Runtime(wide, config=RuntimeConfig(policy="samba", budget="25%"))
+    inject(runtime, delay_s=0.05)
+    futures = [runtime.submit(item(rng), {"kind": "k0"}, request_id=f"w{i}") for i in range(60)]
+    started = time.monotonic()
+    outcome = runtime.close(drain=True, timeout_s=0.3)
+    assert time.monotonic() - started < 5
+    assert all(f.done() for f in futures)
+    assert len(outcome) == 60 and outcome.cancelled and outcome.completed
+    assert all("close timed out" in str(futures[int(r[1:])].exception()) for r in outcome.cancelled)
+
+
+# -- bad input ----------------------------------------------------------------------
+@pytest.mark.parametrize("inputs, metadata, message", [
+    ({"x": np.full(8, np.nan, np.float32)}, {"kind": "k0"}, "8 NaN/inf value"),
+    ({"x": np.array([np.inf] + [0.0] * 7, np.float32)}, {"kind": "k0"}, "1 NaN/inf value"),
+    ({"x": np.zeros(8, np.float64)}, {"kind": "k0"}, "dtype float64, expected float32"),
+    ({"x": np.zeros((1, 8), np.float32)}, {"kind": "k0"}, "shape [1, 8], expected [8]"),
+    ({"x": np.zeros(9, np.float32)}, {"kind": "k0"}, "shape [9], expected [8]"),
+    ({}, {"kind": "k0"}, "missing ['x']"),
+    ({"x": np.zeros(8, np.float32), "y": np.zeros(8, np.float32)}, {"kind": "k0"}, "unexpected ['y']"),
+    ({"x": np.zeros(8, np.float32)}, {"kind": "k0", "colour": "red"}, "unknown key(s) ['colour']"),
+    ({"x": np.zeros(8, np.float32)}, {"kind": "k99"}, "kind='k99' is not one of"),
+    ({"x": np.zeros(8, np.float32)}, {"kind": ["k0"]}, "expected a string"),
+    ({"x": np.zeros(8, np.float32)}, {}, "lacks 'kind'"),
+])
+def test_bad_requests_are_rejected_at_submit(wide, inputs, metadata, message):
+    with Runtime(wide, config=RuntimeConfig(policy="edgecoe", budget="25%")) as runtime:
+        with pytest.raises(InvalidInputError) as info:
+            runtime.submit(inputs, metadata)
+        assert message in str(info.value)
+        assert len(runtime.scheduler) == 0 and not runtime._requests
+
+
+def test_non_finite_inputs_pass_where_the_package_allows_them(tmp_path):
+    import json
+
+    root = wide_package(tmp_path / "pkg", num_first=2, num_second=0)
+    manifest = json.loads((root / "edgecoe.json").read_text())
+    manifest["inputs"][0]["allow_non_finite"] = True
+    (root / "edgecoe.json").write_text(json.dumps(manifest))
+    with Runtime(load_package(root), config=RuntimeConfig(policy="samba")) as runtime:
+        result = runtime.submit({"x": np.full(8, np.nan, np.float32)}, {"kind": "k0"}).result(timeout=WAIT_S)
+    assert np.isnan(result.outputs["y"]).all()
+
+
+def test_workload_with_bad_requests_reports_them_and_loses_none(wide, tmp_path):
+    from edgecoe.workload import generate_workload
+
+    trace = generate_workload(wide.manifest, num_requests=50, seed=8)
+    trace.requests[5].metadata["colour"] = "red"
+    trace.requests[9].metadata["kind"] = "k404"
+    with Runtime(wide, config=RuntimeConfig(policy="edgecoe", budget="25%")) as runtime:
+        report = runtime.run(trace)
+    assert report.num_requests == 50 and report.num_completed == 48 and report.num_failed == 2
+    assert sum(report.errors.values()) == 2
