@@ -14,6 +14,9 @@ run demo_costs python benchmarks/demo_costs.py models/pcb
 run policies python benchmarks/policies.py models/pcb --budget 25% --requests 2000 --rate 250 \
     --policies samba,coserve,edgecoe --json "$raw/policies.json"
 run memory_return python benchmarks/memory_return.py models/pcb-small
+run soak python benchmarks/soak.py models/pcb-small --requests 20000 --csv "$raw/soak.csv" \
+    --plot "$raw/img/soak_rss.png"
+run faults python benchmarks/faults.py models/pcb-small
 run sched_overhead python benchmarks/sched_overhead.py
 run profile edgecoe profile models/pcb --device cpu -o "$raw/x86-2core-cpu.json"
 run allocation python benchmarks/allocation.py models/pcb --profile "$raw/x86-2core-cpu.json"
