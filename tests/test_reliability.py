@@ -304,3 +304,29 @@ def test_workload_with_bad_requests_reports_them_and_loses_none(wide, tmp_path):
         report = runtime.run(trace)
     assert report.num_requests == 50 and report.num_completed == 48 and report.num_failed == 2
     assert sum(report.errors.values()) == 2
+
+
+def test_expert_with_a_wrong_shape_fails_its_requests_only(tmp_path):
+    """A real ONNX Runtime shape error: s0's file expects 5 features where routing feeds 8
+    (quick verification does not compare I/O; the run does). Its requests fail naming s0."""
+    import json
+
+    from helpers import _mlp
+
+    from edgecoe.package.files import record_file
+
+    root = wide_package(tmp_path / "pkg", num_first=4, num_second=2, routes=["fanout", "stop"])
+    (root / "experts" / "s0.onnx").write_bytes(_mlp(5, 16, 3, seed=9).SerializeToString())
+    manifest = json.loads((root / "edgecoe.json").read_text())
+    manifest["experts"]["s0"]["model"] = record_file(root, "experts/s0.onnx").model_dump()
+    (root / "edgecoe.json").write_text(json.dumps(manifest))
+    rng = np.random.default_rng(10)
+    with Runtime(load_package(root, verify="quick"), config=RuntimeConfig(policy="edgecoe")) as runtime:
+        results, errors = outcomes([runtime.submit(item(rng), {"kind": f"k{i % 4}"}) for i in range(40)])
+        assert_accounting_exact(runtime)
+        quarantined = runtime.health.quarantined(runtime.now_ms() / 1e3)
+    # f0 and f2 fan out to s0 and s1: their requests fail at s0; f1 and f3 stop: theirs complete
+    assert len(errors) == 20 and all(e.expert == "s0" for e in errors)
+    assert all("invalid dimensions" in e.cause.lower() or "quarantined" in e.cause for e in errors)
+    assert list(quarantined) == ["s0"]
+    assert len(results) == 20 and all(r.path in (["f1"], ["f3"]) for r in results)
