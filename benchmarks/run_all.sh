@@ -11,8 +11,6 @@ run() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | tee "$raw/$name.l
 [ -f models/pcb/edgecoe.json ] || edgecoe demo build pcb
 [ -f models/pcb-small/edgecoe.json ] || edgecoe demo build pcb-small
 run demo_costs python benchmarks/demo_costs.py models/pcb
-run policies python benchmarks/policies.py models/pcb --budget 25% --requests 2000 --rate 250 \
-    --policies samba,coserve,edgecoe --json "$raw/policies.json"
 run memory_return python benchmarks/memory_return.py models/pcb-small
 run soak python benchmarks/soak.py models/pcb-small --requests 20000 --csv "$raw/soak.csv" \
     --plot "$raw/img/soak_rss.png"

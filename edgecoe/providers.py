@@ -174,6 +174,10 @@ def create_session(
     options.intra_op_num_threads = intra_op_threads
     if save_optimized_to is not None:
         options.optimized_model_filepath = str(save_optimized_to)
+        if optimization == "all":
+            # ORT warns that a level-"all" model is hardware specific: callers
+            # (the optimized-model cache) key it by machine for that reason.
+            options.log_severity_level = 3
     if session_config:
         validate_session_config(session_config)
         for key, value in session_config.items():

@@ -28,6 +28,7 @@ from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
 from edgecoe.health import ExpertHealth
 from edgecoe.memory import available_memory_bytes, measure_footprint, release_freed_memory, trim_heap
+from edgecoe.optcache import OptimizedModelCache, default_cache_dir
 from edgecoe.package import Package, load_package
 from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
@@ -126,6 +127,8 @@ class Runtime:
         self._trimmed_at_evictions = 0
         self._last_trim = 0.0
 
+        self._optcache = (OptimizedModelCache(Path(self.config.cache_dir) if self.config.cache_dir
+                                              else default_cache_dir()) if self.config.optimized_cache else None)
         manifest = package.manifest
         self._input_specs = {s.name: s for s in manifest.inputs}
         self._choices: dict[str, ProviderChoice] = {
@@ -200,14 +203,52 @@ class Runtime:
         optimized = self.config.use_optimized and record.optimized is not None
         return self.package.model_path(expert, optimized=optimized), optimized
 
-    def _create(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
+    def _cached_create(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
+        """(cache, args) for loading ``expert`` through the optimized-model cache, or None.
+
+        NOTE: CPU only: a level-"all" graph for CUDA or CoreML has not been run
+        on such a machine here; those load the package's portable copies.
+        """
+        record = self.package.experts[expert]
+        providers = self._choices[processor_id].providers
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        if self._optcache is None or names != ["CPUExecutionProvider"] or record.external_data:
+            return None
         path, optimized = self._model_path(expert)
+        threads = self._threads_per_executor[processor_id]
+        sha = (record.optimized if optimized and record.optimized else record.model).sha256
+
+        def create(source: Path, level: str, save: Path | None):  # type: ignore[no-untyped-def]
+            return create_session(source, providers=providers, optimization=level,  # type: ignore[arg-type]
+                                  save_optimized_to=save, intra_op_threads=threads)
+
+        return self._optcache, (path, sha, names, create)
+
+    def warm_optimized_cache(self) -> int:
+        """Build every missing optimized-model cache entry now (benchmarks: every
+        policy then starts from the same, warm, cache). Returns how many were built."""
+        built = 0
+        for expert in self.package.experts:
+            for processor_id in self.caches:
+                cached = self._cached_create(expert, processor_id)
+                if cached is not None:
+                    cache, args = cached
+                    built += cache.ensure(*args)
+        return built
+
+    def _create(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
+        cached = self._cached_create(expert, processor_id)
+        if cached is not None:
+            cache, args = cached
+            return cache.session(*args)
+        path, optimized = self._model_path(expert)
+        providers = self._choices[processor_id].providers
+        threads = self._threads_per_executor[processor_id]
         source: Path | bytes = path
         if self.host is not None and not self.package.experts[expert].external_data:
             source = self.host.get(expert, path)  # NUMA: disk -> host memory -> device
-        return create_session(source, providers=self._choices[processor_id].providers,  # type: ignore[arg-type]
-                              optimization="none" if optimized else "all",
-                              intra_op_threads=self._threads_per_executor[processor_id])
+        return create_session(source, providers=providers,  # type: ignore[arg-type]
+                              optimization="none" if optimized else "all", intra_op_threads=threads)
 
     def _measure_footprints(self) -> dict[str, int]:
         """Resident memory per architecture, measured by loading one expert of each.

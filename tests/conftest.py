@@ -13,6 +13,22 @@ from edgecoe.demo import build_demo, find_recipe, load_recipe  # noqa: E402
 from edgecoe.export import export_package  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The optimized-model cache of a test session lives in its temp dir, never in ~/.cache."""
+    import os
+
+    from edgecoe.optcache import ENV_DIR
+
+    old = os.environ.get(ENV_DIR)
+    os.environ[ENV_DIR] = str(tmp_path_factory.mktemp("edgecoe-cache"))
+    yield
+    if old is None:
+        os.environ.pop(ENV_DIR, None)
+    else:
+        os.environ[ENV_DIR] = old
+
+
 @pytest.fixture
 def chain_package(tmp_path: Path) -> Path:
     """A valid 3-expert package exported from ONNX files (fresh per test: tests may corrupt it)."""

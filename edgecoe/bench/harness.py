@@ -16,6 +16,7 @@ from edgecoe.package import Package
 from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile
 from edgecoe.results import Report, machine_info
 from edgecoe.runtime import Runtime, default_profile
+from edgecoe.sched.cost import default_architecture_cost
 from edgecoe.timeline import Timeline
 from edgecoe.workload import Workload
 
@@ -114,20 +115,13 @@ def shared_profile(pkg: Package, profile: DeviceProfile | None, budget: str | in
     for arch, size in footprints.items():
         current = base.cost(arch, kind)
         costs.setdefault(arch, {})[kind] = (current.model_copy(update={"footprint_bytes": size}) if current else
-                                            _default_cost(size))
+                                            default_architecture_cost(pkg.experts[archs[arch]].total_bytes, size))
     fixed = base.model_copy(update={"costs": costs})
     total = sum((fixed.cost(e.architecture, kind).footprint_bytes or e.total_bytes)  # type: ignore[union-attr]
                 for e in pkg.experts.values())
     budget_bytes = parse_budget(budget, total_bytes=total)
     processors = [p.model_copy(update={"budget_bytes": budget_bytes}) for p in fixed.processors]
     return fixed.model_copy(update={"processors": processors}), budget_bytes, total
-
-
-def _default_cost(footprint: int) -> ArchitectureCost:
-    # Only the footprint is fixed; K, B and load start from size-based defaults
-    # that the runtime refines online.
-    mb = footprint / 1e6
-    return ArchitectureCost(k_ms=0.07 * mb, b_ms=0.5, max_batch=8, load_ms=0.55 * mb, footprint_bytes=footprint)
 
 
 def run_bench(
@@ -147,6 +141,11 @@ def run_bench(
         entry_config(name, 1, 1)  # validate names before anything runs
     fixed, budget_bytes, total = shared_profile(pkg, profile, budget) if not simulate else _sim_profile(
         pkg, profile, budget)  # type: ignore[arg-type]
+    if not simulate:
+        # Every entry starts from the same warm optimized-model cache, as a deployed runtime does.
+        with Runtime(pkg, config=RuntimeConfig(policy="samba", budget=total + 1, preload=False),
+                     profile=fixed) as probe:
+            probe.warm_optimized_cache()
     result = BenchResult(package=pkg.name, trace=dict(trace.header.generator) | {"num_requests": len(trace)},
                          budget_bytes=budget_bytes, total_footprint_bytes=total, simulated=simulate)
     for name in entries:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from edgecoe.profiler.schema import DeviceProfile
+from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile
 
 # Fallback estimates per MB of weights, measured on a 2-core x86 CPU with the
 # demo's CNNs (benchmarks/demo_costs.py): ~0.15 ms/item/MB to run, ~1.2 ms/MB to load.
@@ -21,6 +21,14 @@ _DEFAULT_LOAD_MS_PER_MB = 1.2
 _DEFAULT_B_MS = 0.5
 _DEFAULT_MAX_BATCH = 8
 _EWMA = 0.2  # weight of a new observation
+
+
+def default_architecture_cost(file_bytes: int, footprint_bytes: int) -> ArchitectureCost:
+    """Size-based estimates for an architecture no profile covers (the same
+    defaults the cost model starts from), with a known footprint."""
+    mb = max(file_bytes, 1) / 1e6
+    return ArchitectureCost(k_ms=_DEFAULT_K_MS_PER_MB * mb, b_ms=_DEFAULT_B_MS, max_batch=_DEFAULT_MAX_BATCH,
+                            load_ms=_DEFAULT_LOAD_MS_PER_MB * mb, footprint_bytes=footprint_bytes)
 
 
 @dataclass(slots=True)
