@@ -42,7 +42,8 @@ def main() -> None:
                                  policy=create_eviction_policy("coserve", usage_probability=dict(zip(names, weights)),
                                                                parents=parents))
                   for p in ("cuda:0", "cpu")}
-        cost = CostModel(architecture_of=arch, bytes_of=size, resident=lambda e, p: caches[p].contains(e))
+        cost = CostModel(architecture_of=arch, bytes_of=size, resident=lambda e, p: caches[p].contains(e),
+                         resident_set=lambda p: caches[p].members())
         executors = [ExecutorInfo(0, "cuda:0", "cuda"), ExecutorInfo(1, "cuda:0", "cuda"),
                      ExecutorInfo(2, "cuda:0", "cuda"), ExecutorInfo(3, "cpu", "cpu")]
         sched = create_scheduler(name, executors, cost, free_bytes=lambda p: caches[p].free_bytes,

@@ -107,6 +107,7 @@ class Report:
     simulated: bool = False
     profile: str = ""
     errors: dict[str, int] = field(default_factory=dict)  # cause -> count
+    latency_cdf_ms: list[float] = field(default_factory=list)  # latency at each of CDF_PERCENTILES
     quarantined: dict[str, str] = field(default_factory=dict)  # expert quarantined at the end -> last cause
     expert_failures: dict[str, int] = field(default_factory=dict)  # expert -> failed loads/runs
     machine: dict[str, str] = field(default_factory=lambda: machine_info())
@@ -116,6 +117,17 @@ class Report:
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+#: Percentiles a report's latency CDF is sampled at (fine at the tail, where policies differ).
+CDF_PERCENTILES = (0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.9, 100)
+
+
+def latency_cdf(latencies_ms: list[float]) -> list[float]:
+    """Latency at each of :data:`CDF_PERCENTILES` (empty when nothing completed)."""
+    if not latencies_ms:
+        return []
+    return [float(v) for v in np.percentile(np.asarray(latencies_ms), CDF_PERCENTILES)]
 
 
 def latency_summary(latencies_ms: list[float]) -> dict[str, float]:

@@ -33,7 +33,7 @@ from edgecoe.package import Package, load_package
 from edgecoe.package.routing import RoutingError, edge_fractions, entry_expert, next_experts
 from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
 from edgecoe.providers import ProviderChoice, choose_providers, create_session
-from edgecoe.results import CloseOutcome, Report, RequestCancelled, RequestError, Result, latency_summary
+from edgecoe.results import CloseOutcome, Report, RequestCancelled, RequestError, Result, latency_cdf, latency_summary
 from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
 from edgecoe.sched.presets import prefetch_enabled
@@ -145,6 +145,7 @@ class Runtime:
         self.cost = CostModel(
             architecture_of={n: e.architecture for n, e in manifest.experts.items()}, bytes_of=bytes_of,
             profile=self.profile, resident=lambda expert, proc: self.caches[proc].contains(expert),
+            resident_set=lambda proc: self.caches[proc].members(),
             max_batch_cap=None if self.preset.batching else 1)
         # NUMA: a host-memory tier of model bytes in front of the device sessions.
         self.host = (HostStore(self.profile.host_budget_bytes)
@@ -732,7 +733,7 @@ class Runtime:
         return Report(
             policy=self.config.policy, package=self.package.name, num_requests=total, num_completed=completed,
             num_failed=total - completed, wall_s=wall_s, throughput_rps=completed / wall_s if wall_s > 0 else 0.0,
-            latency_ms=latency_summary(latencies),
+            latency_ms=latency_summary(latencies), latency_cdf_ms=latency_cdf(latencies),
             num_switches=after["misses"] - before["misses"] - prefetches,
             num_hits=after["hits"] - before["hits"], num_prefetches=prefetches,
             num_evictions=after["evictions"] - before["evictions"],

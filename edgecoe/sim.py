@@ -22,7 +22,7 @@ from edgecoe.errors import InvalidInputError
 from edgecoe.package.manifest import ArgmaxRoute, FanoutRoute, Manifest, ThresholdRoute
 from edgecoe.package.routing import ExpertGraph, entry_expert, static_num_classes
 from edgecoe.profiler.schema import DeviceProfile
-from edgecoe.results import Report, latency_summary
+from edgecoe.results import Report, latency_cdf, latency_summary
 from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
 from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
 from edgecoe.sched.presets import prefetch_enabled
@@ -126,6 +126,7 @@ def _simulate(
     cost = CostModel(architecture_of={n: e.architecture for n, e in manifest.experts.items()},
                      bytes_of={n: e.total_bytes for n, e in manifest.experts.items()}, profile=profile,
                      resident=lambda expert, proc: caches[proc].contains(expert),
+                     resident_set=lambda proc: caches[proc].members(),
                      max_batch_cap=None if preset.batching else 1)
     for processor in profile.processors:
         too_big = [n for n in manifest.experts if footprint(n) > budgets[processor.id]]
@@ -270,7 +271,7 @@ def _simulate(
     return Report(
         policy=config.policy, package=manifest.name, num_requests=len(workload), num_completed=completed,
         num_failed=len(workload) - completed, wall_s=makespan_s,
-        throughput_rps=completed / makespan_s if makespan_s > 0 else 0.0, latency_ms=latency_summary(latencies),
+        throughput_rps=completed / makespan_s if makespan_s > 0 else 0.0, latency_ms=latency_summary(latencies), latency_cdf_ms=latency_cdf(latencies),
         num_switches=misses - stats["prefetches"],
         num_hits=sum(c.stats.num_hits for c in caches.values()) - baseline["hits"],
         num_prefetches=stats["prefetches"],

@@ -90,7 +90,10 @@ def test_bench_cli_paper_numa_with_json_and_plots(tmp_path):
     data = json.loads(out.read_text())
     assert [p["label"] for p in data["points"]] == ["rate=100", "rate=250"]
     assert set(data["points"][0]["entries"]) == {"samba", "edgecoe"}
-    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"throughput.png", "switches.png", "latency.png"}
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"throughput.png", "switches.png", "latency_cdf.png"}
+    report = data["points"][1]["entries"]["edgecoe"]["report"]
+    cdf = report["latency_cdf_ms"]
+    assert len(cdf) == 17 and cdf == sorted(cdf) and cdf[7] == report["latency_ms"]["p50"]
     events = json.loads(timeline.read_text())["traceEvents"]
     names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert names == {"samba", "edgecoe"}

@@ -132,15 +132,19 @@ def test_edgecoe_joins_resident_group_where_coserve_switches_on_idle_executor():
     assert choices["edgecoe"] == 0
 
 
-def test_edgecoe_delay_bound_runs_starving_group_first():
+def test_edgecoe_delay_bound_runs_overdue_groups_first_and_long_overdue_ones_outright():
     q = create_scheduler("edgecoe", executors(1), cost_model(max_batch=2), max_delay_ms=100.0)
-    q.add(task("a", 0, t=0.0), 0.0)
-    q.add(task("b", 1, t=10.0), 10.0)
-    for i in range(2, 8):
-        q.add(task("a", i, t=20.0), 20.0)
-    assert q.pop_batch(0, 50.0).expert == "a"  # head group, nobody waited 100 ms
-    # b has now waited 140 ms: it jumps the a-group that keeps growing at the head
-    assert q.pop_batch(0, 150.0).expert == "b"
+    q.add(task("b", 0, t=0.0), 0.0)
+    q.add(task("c", 1, t=40.0), 40.0)
+    for i in range(2, 10):
+        q.add(task("a", i, t=50.0), 50.0)
+    assert q.pop_batch(0, 60.0).expert == "a"  # nobody overdue: the largest group
+    # at 120 only b (waited 120 ms) is overdue: it goes before the larger a-group
+    assert q.pop_batch(0, 120.0).expert == "b"
+    # at 200 a and c are both overdue: among them the larger a goes first, not the older c...
+    assert q.pop_batch(0, 200.0).expert == "a"
+    # ...until c has waited past 4x the bound: then it goes first outright
+    assert q.pop_batch(0, 450.0).expert == "c"
 
 
 def test_coserve_without_bound_keeps_serving_head_group():

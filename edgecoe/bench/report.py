@@ -9,6 +9,7 @@ from rich.table import Table
 
 from edgecoe.bench.harness import BenchResult
 from edgecoe.errors import InvalidInputError
+from edgecoe.results import CDF_PERCENTILES
 
 SWEEPS = ("budget", "skew", "rate", "executors")
 
@@ -56,7 +57,7 @@ def render_table(console: Console, result: BenchResult) -> None:
 
 
 def write_plots(results: list[tuple[str, BenchResult]], folder: Path) -> list[Path]:
-    """Throughput per entry across sweep points, switches per entry, and latency percentiles."""
+    """Throughput per entry across sweep points, switches per entry, and the latency CDF."""
     try:
         import matplotlib
 
@@ -91,14 +92,17 @@ def write_plots(results: list[tuple[str, BenchResult]], folder: Path) -> list[Pa
     written.append(_save(fig, folder / "switches.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    quantiles = ["p50", "p95", "p99"]
     for entry in entries:
-        ax.plot(quantiles, [last.reports[entry].latency_ms[q] for q in quantiles], marker="o", label=entry)
-    ax.set_yscale("log")
-    ax.set_ylabel("latency (ms, log)")
-    ax.set_title(f"{last.package}: latency percentiles")
+        cdf = last.reports[entry].latency_cdf_ms
+        if cdf:
+            ax.plot(cdf, [p / 100 for p in CDF_PERCENTILES], marker=".", label=entry)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency from submission to result (ms, log)")
+    ax.set_ylabel("share of requests finished")
+    ax.set_title(f"{last.package}: latency CDF")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    written.append(_save(fig, folder / "latency.png"))
+    written.append(_save(fig, folder / "latency_cdf.png"))
     return written
 
 

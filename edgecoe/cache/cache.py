@@ -134,6 +134,11 @@ class ExpertCache:
     def _resident_locked(self) -> frozenset[str]:
         return frozenset(n for n, e in self._entries.items() if e.state is EntryState.RESIDENT)
 
+    def members(self) -> frozenset[str]:
+        """Experts resident or being loaded (what :meth:`contains` answers for), as one snapshot."""
+        with self._lock:
+            return frozenset(self._entries)
+
     def contains(self, expert: str) -> bool:
         """Resident or being loaded."""
         with self._lock:

@@ -9,7 +9,7 @@ stale or missing profile corrects itself within a few batches.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile
@@ -46,7 +46,7 @@ class CostModel:
     def __init__(
         self, *, architecture_of: Mapping[str, str], bytes_of: Mapping[str, int],
         profile: DeviceProfile | None = None, resident: Callable[[str, str], bool] | None = None,
-        max_batch_cap: int | None = None,
+        max_batch_cap: int | None = None, resident_set: Callable[[str], Container[str]] | None = None,
     ) -> None:
         """
         Args:
@@ -55,11 +55,15 @@ class CostModel:
             profile: measured or published costs, where it has them.
             resident: (expert, processor_id) -> whether resident there now.
             max_batch_cap: an upper bound on every batch (policy presets use 1).
+            resident_set: processor_id -> a snapshot of the experts resident
+                there (one lock instead of one per expert, for schedulers
+                that scan every queued group).
         """
         self.architecture_of = dict(architecture_of)
         self.bytes_of = dict(bytes_of)
         self.profile = profile
         self._resident = resident or (lambda expert, processor: False)
+        self._resident_set = resident_set
         self.max_batch_cap = max_batch_cap
         self._costs: dict[tuple[str, str], _ArchCost] = {}
         self._lock = threading.Lock()
@@ -102,6 +106,25 @@ class CostModel:
 
     def is_resident(self, expert: str, processor_id: str) -> bool:
         return self._resident(expert, processor_id)
+
+    def residents(self, processor_id: str) -> Container[str]:
+        """The experts resident on a processor now, for many ``in`` tests in a row."""
+        if self._resident_set is not None:
+            return self._resident_set(processor_id)
+        return _ResidentView(self._resident, processor_id)
+
+
+class _ResidentView:
+    """``in`` through the per-expert callback, when no snapshot is available."""
+
+    __slots__ = ("_test", "_processor")
+
+    def __init__(self, test: Callable[[str, str], bool], processor_id: str) -> None:
+        self._test = test
+        self._processor = processor_id
+
+    def __contains__(self, expert: object) -> bool:
+        return self._test(expert, self._processor)  # type: ignore[arg-type]
 
     # -- online refinement -----------------------------------------------------
     def observe_exec(self, expert: str, kind: str, num_items: int, ms: float) -> None:
