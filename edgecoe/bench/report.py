@@ -101,7 +101,8 @@ def write_plots(results: list[tuple[str, BenchResult]], folder: Path) -> list[Pa
     ax.set_ylabel("share of requests finished")
     ax.set_title(f"{last.package}: latency CDF")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.lines:  # nothing completed anywhere: an empty plot, no legend
+        ax.legend(fontsize=8)
     written.append(_save(fig, folder / "latency_cdf.png"))
     return written
 

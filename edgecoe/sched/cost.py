@@ -114,18 +114,6 @@ class CostModel:
         return _ResidentView(self._resident, processor_id)
 
 
-class _ResidentView:
-    """``in`` through the per-expert callback, when no snapshot is available."""
-
-    __slots__ = ("_test", "_processor")
-
-    def __init__(self, test: Callable[[str, str], bool], processor_id: str) -> None:
-        self._test = test
-        self._processor = processor_id
-
-    def __contains__(self, expert: object) -> bool:
-        return self._test(expert, self._processor)  # type: ignore[arg-type]
-
     # -- online refinement -----------------------------------------------------
     def observe_exec(self, expert: str, kind: str, num_items: int, ms: float) -> None:
         """Fold in one measured batch: splits the error between K and B by batch size."""
@@ -143,3 +131,16 @@ class _ResidentView:
             cost = self._arch(expert, kind)
             mb = max(self.bytes_of.get(expert, 0), 1) / 1e6
             cost.load_ms_per_mb += _EWMA * (ms / mb - cost.load_ms_per_mb)
+
+
+class _ResidentView:
+    """``in`` through the per-expert callback, when no snapshot is available."""
+
+    __slots__ = ("_test", "_processor")
+
+    def __init__(self, test: Callable[[str, str], bool], processor_id: str) -> None:
+        self._test = test
+        self._processor = processor_id
+
+    def __contains__(self, expert: object) -> bool:
+        return self._test(expert, self._processor)  # type: ignore[arg-type]
