@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -524,6 +524,11 @@ class Runtime:
     def _run_batch(self, info: ExecutorInfo, batch: Batch) -> None:
         cache = self.caches[info.processor_id]
         expert = batch.expert
+        # Tasks of requests that already failed elsewhere (a fan-out sibling) are not worth a run.
+        live = [t for t in batch.tasks if not t.payload.request.failed]  # type: ignore[union-attr]
+        if not live:
+            return
+        batch = replace(batch, tasks=live) if len(live) < len(batch.tasks) else batch
         blocked = self.health.blocked(expert, self.now_ms() / 1e3)
         if blocked is not None:
             self._fail_all(batch.tasks, blocked)

@@ -132,18 +132,26 @@ def test_edgecoe_joins_resident_group_where_coserve_switches_on_idle_executor():
     assert choices["edgecoe"] == 0
 
 
-def test_edgecoe_delay_bound_runs_overdue_groups_first_and_long_overdue_ones_outright():
+def test_edgecoe_delay_bound_serves_a_starving_group_first():
+    """Starving: waited past the bound and past twice the mean wait of the groups' heads."""
     q = create_scheduler("edgecoe", executors(1), cost_model(max_batch=2), max_delay_ms=100.0)
     q.add(task("b", 0, t=0.0), 0.0)
-    q.add(task("c", 1, t=40.0), 40.0)
-    for i in range(2, 10):
-        q.add(task("a", i, t=50.0), 50.0)
-    assert q.pop_batch(0, 60.0).expert == "a"  # nobody overdue: the largest group
-    # at 120 only b (waited 120 ms) is overdue: it goes before the larger a-group
-    assert q.pop_batch(0, 120.0).expert == "b"
-    # at 200 a and c are both overdue: among them the larger a goes first, not the older c...
-    assert q.pop_batch(0, 200.0).expert == "a"
-    # ...until c has waited past 4x the bound: then it goes first outright
+    for i in range(1, 9):
+        q.add(task("a", i, t=200.0), 200.0)
+    q.add(task("c", 9, t=200.0), 200.0)
+    assert q.pop_batch(0, 90.0).expert == "a"  # nobody overdue: the largest group
+    # at 210 b has waited 210 ms, the others 10: b is starving and jumps the larger a-group
+    assert q.pop_batch(0, 210.0).expert == "b"
+
+
+def test_edgecoe_delay_bound_under_uniform_overload_keeps_the_switch_aware_order():
+    q = create_scheduler("edgecoe", executors(1), cost_model(max_batch=2), max_delay_ms=100.0)
+    q.add(task("c", 0, t=0.0), 0.0)
+    for i in range(1, 7):
+        q.add(task("a", i, t=0.0), 0.0)
+    # at 150 both heads waited 150 ms (past the bound, but nobody twice the mean): larger a first
+    assert q.pop_batch(0, 150.0).expert == "a"
+    # past 4x the bound the oldest group goes first outright
     assert q.pop_batch(0, 450.0).expert == "c"
 
 
