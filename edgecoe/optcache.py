@@ -76,9 +76,13 @@ class OptimizedModelCache:
                          machine_signature()])
         return hashlib.sha256(text.encode()).hexdigest()[:40]
 
+    def entry_path(self, source: Path, declared_sha256: str, providers: list[str]) -> Path:
+        """Where ``source``'s optimized model lives in the cache (it may not exist yet)."""
+        return self.root / f"{self.key(source, declared_sha256, providers)}.onnx"
+
     def ensure(self, source: Path, declared_sha256: str, providers: list[str], create: Create) -> bool:
         """Build the entry for ``source`` unless it exists; True when one was built."""
-        if (self.root / f"{self.key(source, declared_sha256, providers)}.onnx").exists():
+        if self.entry_path(source, declared_sha256, providers).exists():
             return False
         misses = self.misses
         self.session(source, declared_sha256, providers, create)
@@ -90,7 +94,7 @@ class OptimizedModelCache:
         Raises whatever ``create`` raises for ``source`` itself; problems with
         the cache (unwritable, a corrupt entry) only cost the speed-up.
         """
-        cached = self.root / f"{self.key(source, declared_sha256, providers)}.onnx"
+        cached = self.entry_path(source, declared_sha256, providers)
         if cached.exists():
             try:
                 session = create(cached, "none", None)

@@ -219,7 +219,7 @@ class Runtime:
         threads = self._threads_per_executor[processor_id]
         sha = (record.optimized if optimized and record.optimized else record.model).sha256
 
-        def create(source: Path, level: str, save: Path | None):  # type: ignore[no-untyped-def]
+        def create(source: Path | bytes, level: str, save: Path | None):  # type: ignore[no-untyped-def]
             return create_session(source, providers=providers, optimization=level,  # type: ignore[arg-type]
                                   save_optimized_to=save, intra_op_threads=threads)
 
@@ -240,8 +240,14 @@ class Runtime:
     def _create(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
         cached = self._cached_create(expert, processor_id)
         if cached is not None:
-            cache, args = cached
-            return cache.session(*args)
+            cache, (model, sha, names, create) = cached
+            if self.host is None:
+                return cache.session(model, sha, names, create)
+            # NUMA: the host tier holds the optimized entry's bytes (disk -> host -> device).
+            cache.ensure(model, sha, names, create)
+            entry = cache.entry_path(model, sha, names)
+            if entry.exists():
+                return create(self.host.get(expert, entry), "none", None)  # type: ignore[arg-type]
         path, optimized = self._model_path(expert)
         providers = self._choices[processor_id].providers
         threads = self._threads_per_executor[processor_id]

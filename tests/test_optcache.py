@@ -77,7 +77,7 @@ def test_runtime_results_are_the_same_with_and_without_the_cache(tmp_path):
     items = [{"x": rng.standard_normal(8).astype(np.float32)} for _ in range(40)]
     outputs = {}
     for cached in (False, True):
-        config = RuntimeConfig(policy="edgecoe", budget="30%", optimized_cache=cached, cache_dir=str(tmp_path / "c"))
+        config = RuntimeConfig(policy="edgecoe", optimized_cache=cached, cache_dir=str(tmp_path / "c"))
         with Runtime(pkg, config=config) as runtime:
             futures = [runtime.submit(x, {"kind": f"k{i % 4}"}) for i, x in enumerate(items)]
             outputs[cached] = [f.result(timeout=60) for f in futures]
