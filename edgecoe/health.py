@@ -20,7 +20,6 @@ class ExpertHealthState:
     total_failures: int = 0
     last_cause: str = ""
     quarantined_at_s: float | None = None
-    times_quarantined: int = 0
 
 
 class ExpertHealth:
@@ -64,7 +63,6 @@ class ExpertHealth:
             state.last_cause = cause
             if self.threshold and state.quarantined_at_s is None and state.consecutive_failures >= self.threshold:
                 state.quarantined_at_s = now_s
-                state.times_quarantined += 1
                 return True
             return False
 

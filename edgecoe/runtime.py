@@ -120,7 +120,6 @@ class Runtime:
         self._num_failed = 0
         self._errors: dict[str, int] = {}
         self._num_prefetches = 0
-        self._running: dict[int, str] = {}  # executor -> expert it is running
         self._needed: dict[str, int] = {}  # expert -> tasks queued or running for it
         self._needed_view = _NeededView(self._needed)
         self.health = ExpertHealth(threshold=self.config.quarantine_after, quarantine_s=self.config.quarantine_s)
@@ -205,7 +204,8 @@ class Runtime:
         return self.package.model_path(expert, optimized=optimized), optimized
 
     def _cached_create(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
-        """(cache, args) for loading ``expert`` through the optimized-model cache, or None.
+        """(model, sha256, providers, create) for loading ``expert`` through the
+        optimized-model cache, or None where the cache does not apply.
 
         NOTE: CPU only: a level-"all" graph for CUDA or CoreML has not been run
         on such a machine here; those load the package's portable copies.
@@ -223,7 +223,7 @@ class Runtime:
             return create_session(source, providers=providers, optimization=level,  # type: ignore[arg-type]
                                   save_optimized_to=save, intra_op_threads=threads)
 
-        return self._optcache, (path, sha, names, create)
+        return path, sha, names, create
 
     def warm_optimized_cache(self) -> int:
         """Build every missing optimized-model cache entry now (benchmarks: every
@@ -231,16 +231,17 @@ class Runtime:
         built = 0
         for expert in self.package.experts:
             for processor_id in self.caches:
-                cached = self._cached_create(expert, processor_id)
-                if cached is not None:
-                    cache, args = cached
-                    built += cache.ensure(*args)
+                args = self._cached_create(expert, processor_id)
+                if args is not None:
+                    built += self._optcache.ensure(*args)  # type: ignore[union-attr]
         return built
 
     def _create(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
         cached = self._cached_create(expert, processor_id)
         if cached is not None:
-            cache, (model, sha, names, create) = cached
+            cache = self._optcache
+            assert cache is not None
+            model, sha, names, create = cached
             if self.host is None:
                 return cache.session(model, sha, names, create)
             # NUMA: the host tier holds the optimized entry's bytes (disk -> host -> device).
@@ -471,7 +472,7 @@ class Runtime:
         with self._work:
             in_flight = {rid: r.future for rid, r in self._requests.items()}
             if not drain:
-                self._cancel_queued_locked("cancelled: runtime closed without draining")
+                self._cancel_queued_locked("runtime closed without draining")
             self._closing = True
             self._work.notify_all()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -479,22 +480,24 @@ class Runtime:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._work:
             if self._requests:  # timed out: queued ones never run, running ones are abandoned
-                self._cancel_queued_locked(f"cancelled: close timed out after {timeout_s:g} s")
+                why = f"close timed out after {timeout_s:g} s"
+                self._cancel_queued_locked(why)
                 for request in list(self._requests.values()):
-                    self._fail_request_locked(request, None, f"cancelled: close timed out after {timeout_s:g} s")
+                    self._fail_request_locked(request, None, f"cancelled: {why}", RequestCancelled)
         for cache in self.caches.values():
             cache.clear()
         release_freed_memory()
         return CloseOutcome.of(in_flight)
 
-    def _cancel_queued_locked(self, cause: str) -> None:
+    def _cancel_queued_locked(self, why: str) -> None:
         while len(self.scheduler):
             for executor in range(len(self.executors)):
                 batch = self.scheduler.pop_batch(executor, self.now_ms())
                 if batch is not None:
                     for task in batch.tasks:
                         self._needed_done_locked(task.expert)
-                        self._fail_locked(task, cause)
+                        self._fail_request_locked(task.payload.request, task.expert,  # type: ignore[union-attr]
+                                                  f"cancelled: {why}", RequestCancelled)
 
     def __enter__(self) -> Runtime:
         return self
@@ -509,7 +512,6 @@ class Runtime:
                 while True:
                     batch = self.scheduler.pop_batch(info.index, self.now_ms())
                     if batch is not None:
-                        self._running[info.index] = batch.expert
                         break
                     if self._closing and not self._requests_pending_locked():
                         return
@@ -520,7 +522,6 @@ class Runtime:
                 with self._work:
                     for task in batch.tasks:
                         self._needed_done_locked(task.expert)
-                    self._running.pop(info.index, None)
                     self.scheduler.batch_done(info.index, self.now_ms())
                     self._work.notify_all()
 
@@ -688,7 +689,8 @@ class Runtime:
     def _fail_locked(self, task: Task, cause: str) -> None:
         self._fail_request_locked(task.payload.request, task.expert, cause)  # type: ignore[union-attr]
 
-    def _fail_request_locked(self, request: _Request, expert: str | None, cause: str) -> None:
+    def _fail_request_locked(self, request: _Request, expert: str | None, cause: str,
+                             error_type: type[RequestError] = RequestError) -> None:
         if request.failed or request.future.done():
             return
         request.failed = True
@@ -696,7 +698,6 @@ class Runtime:
         self._num_failed += 1
         key = cause[:80]
         self._errors[key] = self._errors.get(key, 0) + 1
-        error_type = RequestCancelled if cause.startswith("cancelled") else RequestError
         request.future.set_exception(error_type(request.id, expert, cause))
 
     # -- prefetch ------------------------------------------------------------------------

@@ -35,6 +35,44 @@ def only(problems: list[str], *needles: str) -> str:
     return hits[0]
 
 
+# -- ways to make a package untrusted (each also a test below) --
+def _escape_external_data(pkg: Path, tmp_path: Path) -> None:
+    model = linear_model(in_dim=4, out_dim=3, seed=3)
+    (tmp_path / "evil.bin").write_bytes(b"\0" * 64)
+    for init in model.graph.initializer:
+        init.ClearField("raw_data")
+        init.ClearField("float_data")
+        init.data_location = onnx.TensorProto.EXTERNAL
+        entry = init.external_data.add()
+        entry.key, entry.value = "location", "../../evil.bin"
+    (pkg / "experts" / "stage2.onnx").write_bytes(model.SerializeToString())
+    record = record_file(pkg, "experts/stage2.onnx")
+    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+
+
+def _custom_op(pkg: Path, tmp_path: Path) -> None:
+    model = linear_model(in_dim=4, out_dim=3, seed=3)
+    model.opset_import.append(onnx.helper.make_opsetid("com.evil.ops", 1))
+    model.graph.node[1].domain = "com.evil.ops"
+    (pkg / "experts" / "stage2.onnx").write_bytes(model.SerializeToString())
+    record = record_file(pkg, "experts/stage2.onnx")
+    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+
+
+def _symlink_out(pkg: Path, tmp_path: Path) -> None:
+    target = pkg / "experts" / "stage2.onnx"
+    (tmp_path / "secret.onnx").write_bytes(target.read_bytes())
+    target.unlink()
+    os.symlink(tmp_path / "secret.onnx", target)
+
+
+def _truncate(pkg: Path, tmp_path: Path) -> None:
+    path = pkg / "experts" / "stage2.onnx"
+    path.write_bytes(path.read_bytes()[:40])
+    record = record_file(pkg, "experts/stage2.onnx")
+    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+
+
 def test_valid_package_loads(chain_package):
     pkg = load_package(chain_package)
     assert set(pkg.experts) == {"cls_a", "cls_b", "stage2"}
@@ -121,12 +159,9 @@ def test_quick_verify_skips_checksums_but_not_sizes(chain_package):
     only(problems_of(chain_package, verify="quick"), "experts/cls_b.onnx", "size is")
 
 
-def test_truncated_onnx_with_matching_manifest(chain_package):
+def test_truncated_onnx_with_matching_manifest(chain_package, tmp_path):
     """Truncated, and the manifest updated to match: the ONNX parse itself must fail."""
-    path = chain_package / "experts" / "stage2.onnx"
-    path.write_bytes(path.read_bytes()[:40])
-    record = record_file(chain_package, "experts/stage2.onnx")
-    edit_manifest(chain_package, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+    _truncate(chain_package, tmp_path)
     only(problems_of(chain_package), "experts/stage2.onnx", "ONNX")
 
 
@@ -149,29 +184,13 @@ def test_paths_leaving_the_package(chain_package, bad_path, reason):
 
 
 def test_symlink_leaving_the_package(chain_package, tmp_path):
-    outside = tmp_path / "secret.onnx"
-    target = chain_package / "experts" / "stage2.onnx"
-    outside.write_bytes(target.read_bytes())
-    target.unlink()
-    os.symlink(outside, target)
-    problems = problems_of(chain_package)
-    only(problems, "experts/stage2.onnx", "symbolic link")
+    _symlink_out(chain_package, tmp_path)
+    only(problems_of(chain_package), "experts/stage2.onnx", "symbolic link")
 
 
 def test_external_data_location_leaving_the_package(chain_package, tmp_path):
     """A model whose external-data location points outside the package is refused."""
-    model = linear_model(in_dim=4, out_dim=3, seed=3)
-    (tmp_path / "evil.bin").write_bytes(b"\0" * 64)
-    for init in model.graph.initializer:
-        init.ClearField("raw_data")
-        init.ClearField("float_data")
-        init.data_location = onnx.TensorProto.EXTERNAL
-        entry = init.external_data.add()
-        entry.key, entry.value = "location", "../../evil.bin"
-    path = chain_package / "experts" / "stage2.onnx"
-    path.write_bytes(model.SerializeToString())
-    record = record_file(chain_package, "experts/stage2.onnx")
-    edit_manifest(chain_package, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+    _escape_external_data(chain_package, tmp_path)
     only(problems_of(chain_package), "experts/stage2.onnx", "external data", "escapes")
 
 
@@ -187,14 +206,8 @@ def test_input_not_providable(chain_package):
     only(problems_of(chain_package), "experts.cls_a.inputs.pixels", "not a package input")
 
 
-def test_custom_op_domain_refused_unless_allowed(chain_package):
-    model = linear_model(in_dim=4, out_dim=3, seed=3)
-    model.opset_import.append(onnx.helper.make_opsetid("com.evil.ops", 1))
-    model.graph.node[1].domain = "com.evil.ops"
-    path = chain_package / "experts" / "stage2.onnx"
-    path.write_bytes(model.SerializeToString())
-    record = record_file(chain_package, "experts/stage2.onnx")
-    edit_manifest(chain_package, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
+def test_custom_op_domain_refused_unless_allowed(chain_package, tmp_path):
+    _custom_op(chain_package, tmp_path)
     only(problems_of(chain_package), "experts/stage2.onnx", "custom operator domains", "com.evil.ops")
     load_package(chain_package, allow_custom_ops=True)
 
@@ -211,42 +224,6 @@ def test_declared_size_far_larger_than_the_file(chain_package):
     """A manifest claiming a huge model (to make a runtime reserve memory for it) is refused."""
     edit_manifest(chain_package, lambda d: d["experts"]["stage2"]["model"].update(bytes=10**12))
     only(problems_of(chain_package, verify="quick"), "experts/stage2.onnx", "size is")
-
-
-def _escape_external_data(pkg: Path, tmp_path: Path) -> None:
-    model = linear_model(in_dim=4, out_dim=3, seed=3)
-    (tmp_path / "evil.bin").write_bytes(b"\0" * 64)
-    for init in model.graph.initializer:
-        init.ClearField("raw_data")
-        init.data_location = onnx.TensorProto.EXTERNAL
-        entry = init.external_data.add()
-        entry.key, entry.value = "location", "../../evil.bin"
-    (pkg / "experts" / "stage2.onnx").write_bytes(model.SerializeToString())
-    record = record_file(pkg, "experts/stage2.onnx")
-    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
-
-
-def _custom_op(pkg: Path, tmp_path: Path) -> None:
-    model = linear_model(in_dim=4, out_dim=3, seed=3)
-    model.opset_import.append(onnx.helper.make_opsetid("com.evil.ops", 1))
-    model.graph.node[1].domain = "com.evil.ops"
-    (pkg / "experts" / "stage2.onnx").write_bytes(model.SerializeToString())
-    record = record_file(pkg, "experts/stage2.onnx")
-    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
-
-
-def _symlink_out(pkg: Path, tmp_path: Path) -> None:
-    target = pkg / "experts" / "stage2.onnx"
-    (tmp_path / "secret.onnx").write_bytes(target.read_bytes())
-    target.unlink()
-    os.symlink(tmp_path / "secret.onnx", target)
-
-
-def _truncate(pkg: Path, tmp_path: Path) -> None:
-    path = pkg / "experts" / "stage2.onnx"
-    path.write_bytes(path.read_bytes()[:40])
-    record = record_file(pkg, "experts/stage2.onnx")
-    edit_manifest(pkg, lambda d: d["experts"]["stage2"].update(model=record.model_dump()))
 
 
 UNTRUSTED = {

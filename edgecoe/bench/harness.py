@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
 from edgecoe.package import Package
-from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile
+from edgecoe.profiler.schema import DeviceProfile
 from edgecoe.results import Report, machine_info
 from edgecoe.runtime import Runtime, default_profile
 from edgecoe.sched.cost import default_architecture_cost

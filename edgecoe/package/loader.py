@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import onnx
 from pydantic import ValidationError
 
 from edgecoe.errors import OnnxFileError, PackageError, Problem
@@ -87,10 +86,7 @@ def load_package(
     problems += _check_names_and_routes(manifest, graph)
     file_problems, good_files = _check_files(root, manifest, verify)
     problems += file_problems
-    if verify == "full":
-        problems += _check_models(root, manifest, good_files, allow_custom_ops)
-    else:
-        problems += _scan_models(root, manifest, good_files, allow_custom_ops)
+    problems += _check_models(root, manifest, good_files, allow_custom_ops, full=verify == "full")
     if problems:
         raise PackageError(root, problems)
     return Package(root=root, manifest=manifest, graph=graph)
@@ -248,49 +244,38 @@ def _check_record(root: Path, record: FileRecord, where: str, verify: Verify) ->
     return None
 
 
-def _scan_models(root: Path, manifest: Manifest, good: set[str], allow_custom_ops: bool) -> list[Problem]:
-    """Quick verification's model checks: what an untrusted file could abuse
-    (external data outside the package, custom-op domains) and truncation,
-    from the wire format, weights unread (0.3 s for pcb; a full parse takes 16 s)."""
+_CUSTOM_OPS = "uses custom operator domains {domains}; these need a custom-op library, refused unless allowed explicitly"
+
+
+def _check_models(root: Path, manifest: Manifest, good: set[str], allow_custom_ops: bool, *,
+                  full: bool) -> list[Problem]:
+    """Each model (and optimized copy): external-data locations, custom-op domains, truncation.
+
+    ``full`` parses the protobuf and also compares the declared I/O; otherwise
+    the wire format is scanned, weights unread (0.3 s for pcb; a full parse
+    takes 16 s): enough for what an untrusted file could abuse.
+    """
     problems: list[Problem] = []
     for name, expert in manifest.experts.items():
         for record in [expert.model] + ([expert.optimized] if expert.optimized else []):
             if record.path not in good:
-                continue
-            where = f"{record.path} (expert {name})"
-            try:
-                scan = scan_model(root / record.path)
-            except OnnxFileError as exc:
-                problems.append(Problem(where, str(exc).split(": ", 1)[-1]))
-                continue
-            problems += _check_external(root, record, name, expert, scan.external_locations, where)
-            domains = scanned_custom_domains(scan)
-            if domains and not allow_custom_ops:
-                problems.append(Problem(where, _CUSTOM_OPS.format(domains=domains)))
-    return problems
-
-
-_CUSTOM_OPS = "uses custom operator domains {domains}; these need a custom-op library, refused unless allowed explicitly"
-
-
-def _check_models(root: Path, manifest: Manifest, good: set[str], allow_custom_ops: bool) -> list[Problem]:
-    problems: list[Problem] = []
-    for name, expert in manifest.experts.items():
-        models = [expert.model] + ([expert.optimized] if expert.optimized else [])
-        for record in models:
-            if record.path not in good:
                 continue  # already reported; parsing a corrupt file adds noise only
             where = f"{record.path} (expert {name})"
             try:
-                model = read_model(root / record.path)
-                inputs, outputs = io_specs(model, where=record.path)
+                if full:
+                    model = read_model(root / record.path)
+                    inputs, outputs = io_specs(model, where=record.path)
+                    locations, domains = external_locations(model), custom_domains(model)
+                else:
+                    scan = scan_model(root / record.path)
+                    locations, domains = scan.external_locations, scanned_custom_domains(scan)
             except OnnxFileError as exc:
                 problems.append(Problem(where, str(exc).split(": ", 1)[-1]))
                 continue
-            problems += _compare_io(where, "inputs", expert.inputs, inputs)
-            problems += _compare_io(where, "outputs", expert.outputs, outputs)
-            problems += _check_external(root, record, name, expert, external_locations(model), where)
-            domains = custom_domains(model)
+            if full:
+                problems += _compare_io(where, "inputs", expert.inputs, inputs)
+                problems += _compare_io(where, "outputs", expert.outputs, outputs)
+            problems += _check_external(root, record, name, expert, locations, where)
             if domains and not allow_custom_ops:
                 problems.append(Problem(where, _CUSTOM_OPS.format(domains=domains)))
     return problems

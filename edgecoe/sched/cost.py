@@ -113,7 +113,6 @@ class CostModel:
             return self._resident_set(processor_id)
         return _ResidentView(self._resident, processor_id)
 
-
     # -- online refinement -----------------------------------------------------
     def observe_exec(self, expert: str, kind: str, num_items: int, ms: float) -> None:
         """Fold in one measured batch: splits the error between K and B by batch size."""
