@@ -160,3 +160,17 @@ def _mlp(width: int, hidden: int, out: int, *, seed: int) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def wait_idle(runtime, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until no task is queued or running and no expert is pinned.
+
+    Futures can resolve before the runtime is idle: a failed request's fan-out
+    sibling may still run, and a prefetch pins the expert it is loading.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (runtime._needed or any(c.pins(e) for c in runtime.caches.values() for e in runtime.package.experts)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import wide_package
+from helpers import wait_idle, wide_package
 
 from edgecoe.config import RuntimeConfig
 from edgecoe.errors import InvalidInputError
@@ -79,11 +79,7 @@ def inject(runtime: Runtime, *, create_fails=None, run_fails=None, delay_s: floa
 
 
 def assert_accounting_exact(runtime: Runtime) -> None:
-    # A failed request's fan-out sibling may still be running: wait for the runtime to go idle.
-    deadline = time.monotonic() + WAIT_S
-    while (runtime._needed or any(c.pins(e) for c in runtime.caches.values() for e in runtime.package.experts)) \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_idle(runtime, WAIT_S)
     for cache in runtime.caches.values():
         cache.check()
         assert cache.stats.peak_bytes <= cache.budget_bytes
