@@ -4,7 +4,7 @@ For one expert per architecture: session creation from a cold file (page cache
 dropped with posix_fadvise), from a warm file, and with graph optimization off
 (as an ORT-optimized copy would load); then execution of batches of 1 and 8.
 Prints a table and the ratio creation / one-image execution, which is why
-switching dominates (DESIGN.md §1).
+switching dominates (docs/background.md).
 
     python benchmarks/demo_costs.py models/pcb [--repeats 5]
 """

@@ -2,7 +2,7 @@
 while faults are injected; prints the ledger (served, failed by cause,
 rejected at submit, lost) and checks the cache's accounting at the end.
 
-Injected, through the runtime's one session factory:
+Injected through the runtime's expert loader (a wrapper around the real session loader):
 - one expert's session creation always fails (a corrupt file: quarantined);
 - another's creation fails with an out-of-memory error 1 time in 3;
 - 1 % of requests carry a poisoned item whose run raises (its batch mates must
@@ -19,12 +19,15 @@ import itertools
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
 from edgecoe.config import RuntimeConfig
 from edgecoe.errors import InvalidInputError
+from edgecoe.loaders.session import SessionLoader
 from edgecoe.package import load_package
+from edgecoe.profile import default_profile
 from edgecoe.results import machine_info
 from edgecoe.runtime import Runtime
 from edgecoe.workload import generate_workload, materialize
@@ -33,6 +36,8 @@ POISON = 1234.5  # an item whose first value is this makes the injected run rais
 
 
 class _Faulty:
+    """A real session whose run raises on a poisoned item."""
+
     def __init__(self, session) -> None:  # type: ignore[no-untyped-def]
         self._session = session
 
@@ -41,6 +46,35 @@ class _Faulty:
         if (first.reshape(len(first), -1)[:, 0] == POISON).any():
             raise RuntimeError("injected: poisoned item")
         return self._session.run(names, feeds)
+
+
+class _FaultyLoader:
+    """The session loader, with the faults above once ``armed``."""
+
+    def __init__(self, inner: SessionLoader, broken: str, flaky: str, injected: Counter) -> None:
+        self.inner, self.broken, self.flaky, self.injected = inner, broken, flaky, injected
+        self.armed = False
+        self._count = itertools.count()
+
+    @property
+    def host(self):  # type: ignore[no-untyped-def]
+        return self.inner.host
+
+    def footprint_bytes(self, expert: str) -> int:
+        return self.inner.footprint_bytes(expert)
+
+    def load(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
+        if self.armed and expert == self.broken:
+            self.injected["creation: corrupt file"] += 1
+            raise OSError(f"injected: {expert}.onnx is corrupt")
+        if self.armed and expert == self.flaky and next(self._count) % 3 == 0:
+            self.injected["creation: out of memory"] += 1
+            raise MemoryError("injected: std::bad_alloc")
+        loaded = self.inner.load(expert, processor_id)
+        return replace(loaded, handle=_Faulty(loaded.handle))
+
+    def unload(self, expert: str, loaded) -> None:  # type: ignore[no-untyped-def]
+        self.inner.unload(expert, loaded)
 
 
 def main() -> None:
@@ -61,21 +95,11 @@ def main() -> None:
           f"{broken} never loads, {flaky} fails 1 load in 3, 1 % poisoned items, 1 % invalid submissions")
 
     injected: Counter = Counter()
-    counter = itertools.count()
-    with Runtime(pkg, config=RuntimeConfig(policy="edgecoe", budget=args.budget)) as runtime:
-        real = runtime._create
-
-        def create(expert: str, processor_id: str):  # type: ignore[no-untyped-def]
-            if expert == broken:
-                injected["creation: corrupt file"] += 1
-                raise OSError(f"injected: {expert}.onnx is corrupt")
-            if expert == flaky and next(counter) % 3 == 0:
-                injected["creation: out of memory"] += 1
-                raise MemoryError("injected: std::bad_alloc")
-            return _Faulty(real(expert, processor_id))
-
-        runtime._create = create  # type: ignore[method-assign]
-        runtime.caches["cpu"].clear()
+    config = RuntimeConfig(policy="edgecoe", budget=args.budget)
+    loader = _FaultyLoader(SessionLoader(pkg, default_profile(), config), broken, flaky, injected)
+    with Runtime(pkg, config=config, loader=loader) as runtime:
+        loader.armed = True
+        runtime.caches["cpu"].clear()  # what was preloaded before the faults were armed
         futures, rejected = [], Counter()
         lock = threading.Lock()
 
@@ -120,8 +144,8 @@ def main() -> None:
         wall = time.perf_counter() - started
         cache = runtime.caches["cpu"]
         cache.check()
-        exact = (cache.stats.peak_bytes <= cache.budget_bytes and not runtime._requests and not runtime._needed
-                 and all(cache.pins(e) == 0 for e in pkg.experts))
+        exact = (cache.stats.peak_bytes <= cache.budget_bytes and runtime.wait_idle(60)
+                 and len(runtime.scheduler) == 0 and all(cache.pins(e) == 0 for e in pkg.experts))
         quarantined = runtime.health.quarantined(runtime.now_ms() / 1e3)
         failures = runtime.health.failures()
     failed = sum(causes.values())

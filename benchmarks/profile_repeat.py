@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 
 from edgecoe.package import load_package
+from edgecoe.profile import ProcessorProfile
 from edgecoe.profiler.measure import measure_architecture
 from edgecoe.profiler.run import ProfileSettings
-from edgecoe.profiler.schema import ProcessorProfile
 from edgecoe.providers import choose_providers
 from edgecoe.results import machine_info
 

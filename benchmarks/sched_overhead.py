@@ -31,7 +31,7 @@ def main() -> None:
     rng = random.Random(0)
     names = [f"e{i}" for i in range(args.experts)]
     arch = {n: ("resnet101" if i % 7 else "yolov5l") for i, n in enumerate(names)}
-    size = {n: 180_000_000 for n in names}
+    size = dict.fromkeys(names, 180000000)
     parents = {n: [names[(i * 3) % args.experts]] for i, n in enumerate(names) if i % 7 == 0}
     weights = [1.0 / (r + 1) ** 1.1 for r in range(args.experts)]
     print(f"machine: {machine_info()}")
@@ -39,14 +39,14 @@ def main() -> None:
     for name in SCHEDULERS:
         caches = {p: ExpertCache(budget_bytes=12_000_000_000, loader=lambda e: (e, size[e]),
                                  unloader=lambda e, h: None, size_of=size.__getitem__,
-                                 policy=create_eviction_policy("coserve", usage_probability=dict(zip(names, weights)),
+                                 policy=create_eviction_policy("coserve", usage_probability=dict(zip(names, weights, strict=False)),
                                                                parents=parents))
                   for p in ("cuda:0", "cpu")}
-        cost = CostModel(architecture_of=arch, bytes_of=size, resident=lambda e, p: caches[p].contains(e),
-                         resident_set=lambda p: caches[p].members())
+        cost = CostModel(architecture_of=arch, bytes_of=size, resident=lambda e, p, caches=caches: caches[p].contains(e),
+                         resident_set=lambda p, caches=caches: caches[p].members())
         executors = [ExecutorInfo(0, "cuda:0", "cuda"), ExecutorInfo(1, "cuda:0", "cuda"),
                      ExecutorInfo(2, "cuda:0", "cuda"), ExecutorInfo(3, "cpu", "cpu")]
-        sched = create_scheduler(name, executors, cost, free_bytes=lambda p: caches[p].free_bytes,
+        sched = create_scheduler(name, executors, cost, free_bytes=lambda p, caches=caches: caches[p].free_bytes,
                                  expert_bytes=size.__getitem__, max_delay_ms=30_000.0)
         picks = rng.choices(names, weights=weights, k=args.queued + args.measure)
         for seq, expert in enumerate(picks[: args.queued]):
@@ -72,7 +72,7 @@ def main() -> None:
             sched.batch_done(executor, now)
             elapsed = (time.perf_counter() - start) * 1e6
             pop_us.extend([elapsed / len(batch.tasks)] * len(batch.tasks))
-        per_request = [a + p for a, p in zip(add_us, pop_us)]
+        per_request = [a + p for a, p in zip(add_us, pop_us, strict=False)]
         print(f"  {name:<12} add median {statistics.median(add_us):6.1f} us  p99 "
               f"{sorted(add_us)[int(0.99 * len(add_us))]:7.1f} us | pop+cache per request median "
               f"{statistics.median(pop_us):6.1f} us | decision per request median "

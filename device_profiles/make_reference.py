@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile, ProcessorProfile, save_profile
+from edgecoe.profile import (
+    ArchitectureCost,
+    DeviceProfile,
+    ProcessorProfile,
+    save_profile,
+)
 
 GB = 1_000_000_000
 HERE = Path(__file__).parent
@@ -21,7 +26,7 @@ HERE = Path(__file__).parent
 # Published parameter counts (torchvision ResNet101 model card; Ultralytics YOLOv5 README), fp32 bytes.
 PARAMS_M = {"resnet101": 44.5, "yolov5m": 21.2, "yolov5l": 46.5}
 SIZE_BYTES = {arch: int(p * 1e6 * 4) for arch, p in PARAMS_M.items()}
-# DESIGN.md §1 (CoServe, Fig. 1): loading was 91-99 % of per-request latency from SSD and 63-86 %
+# docs/background.md (CoServe, Fig. 1): loading was 91-99 % of per-request latency from SSD and 63-86 %
 # from host memory; midpoints used below.
 SSD_SHARE, HOST_SHARE = 0.95, 0.745
 # Published FP32 peaks: RTX 3080 Ti 34.1 TFLOPS (NVIDIA spec sheet), Apple M2 10-core GPU 3.6 TFLOPS (Apple).
@@ -59,13 +64,13 @@ def numa_3080ti() -> DeviceProfile:
         costs=_costs("cuda", ssd_mb_s=530.0, exec_scale=1.0, cpu=True), created="reference",
         sources={
             **SOURCES_COMMON,
-            "processors": "published: x86 + RTX 3080 Ti 12 GB GPU, 16 GB host; 3 GPU + 1 CPU executors (CoServe, DESIGN §1-2)",
+            "processors": "published: x86 + RTX 3080 Ti 12 GB GPU, 16 GB host; 3 GPU + 1 CPU executors (CoServe, docs/background.md)",
             "processors.cuda:0.budget_bytes": "derived: 90 % of the 12 GB GPU (rest: CUDA context, workspace)",
             "processors.cpu.budget_bytes": "assumed: 2 GB of the 16 GB host for CPU-resident experts",
             "host_budget_bytes": "assumed: 12 GB of the 16 GB host for the host-memory tier",
-            "costs.*.load_ms": "derived: file size / 530 MB/s SSD (published, DESIGN §2)",
-            "costs.*.k_ms,b_ms (cuda)": "derived: load_ms x (1 - 0.95) / 0.95: loading is 91-99 % of latency from SSD (DESIGN §1)",
-            "costs.*.host_load_ms": "derived: batch-1 time x 0.745 / 0.255: loading is 63-86 % of latency from host memory (DESIGN §1)",
+            "costs.*.load_ms": "derived: file size / 530 MB/s SSD (published, docs/background.md)",
+            "costs.*.k_ms,b_ms (cuda)": "derived: load_ms x (1 - 0.95) / 0.95: loading is 91-99 % of latency from SSD (docs/background.md)",
+            "costs.*.host_load_ms": "derived: batch-1 time x 0.745 / 0.255: loading is 63-86 % of latency from host memory (docs/background.md)",
             "costs.*.cpu": f"assumed: GPU figures x {CPU_SLOWDOWN:g}",
         },
     )
@@ -80,9 +85,9 @@ def uma_m2() -> DeviceProfile:
         costs=_costs("coreml", ssd_mb_s=3000.0, exec_scale=scale, cpu=True), created="reference",
         sources={
             **SOURCES_COMMON,
-            "processors": "published: Apple M2, 24 GB unified memory; 2 GPU + 1 CPU executors (CoServe, DESIGN §1-2)",
+            "processors": "published: Apple M2, 24 GB unified memory; 2 GPU + 1 CPU executors (CoServe, docs/background.md)",
             "processors.*.budget_bytes": "assumed: 14 of the 24 GB for experts (12 GPU + 2 CPU), the rest for the OS and apps",
-            "costs.*.load_ms": "derived: file size / 3000 MB/s SSD (published, DESIGN §2)",
+            "costs.*.load_ms": "derived: file size / 3000 MB/s SSD (published, docs/background.md)",
             "costs.*.k_ms,b_ms (coreml)": (f"derived: the NUMA box's batch-1 time x {scale:.2f}, the ratio of published FP32 "
                                            "peaks (RTX 3080 Ti 34.1 TFLOPS / M2 GPU 3.6 TFLOPS)"),
             "costs.*.host_load_ms": "not used on UMA (no separate host tier)",

@@ -1,20 +1,31 @@
-"""The ``edgecoe`` command line: thin wrappers that parse flags and call the API."""
+"""The ``edgecoe`` command line: thin wrappers that parse flags and call the API.
+
+Conventions every command keeps: user mistakes end in one ``error:`` line and
+exit status 2; every step that can take more than a couple of seconds shows
+progress; machine-readable output goes through ``--json PATH`` (``-`` for
+standard output, the human text then goes to standard error); output paths
+and optional dependencies are checked before any long work starts.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import edgecoe
 from edgecoe.errors import EdgecoeError
+from edgecoe.sched.presets import ABLATION, BENCH_ENTRIES, DEFAULT_BENCH_ENTRIES, PRESETS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,9 +40,15 @@ def format_bytes(num_bytes: int) -> str:
     return f"{num_bytes} B"
 
 
-def _console() -> Console:
+def format_counts(counts: dict[str, int]) -> str:
+    """``cuda:0 x3, cpu x1`` for executors per processor."""
+    return ", ".join(f"{name} x{count}" for name, count in counts.items())
+
+
+def _console(*, to_stderr: bool = False) -> Console:
     # Piped output (CI logs, files) gets 120 columns: rich's default 80 truncates the bench table.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    stream = sys.stderr if to_stderr else sys.stdout
+    return Console(highlight=False, stderr=to_stderr, width=None if stream.isatty() else 120)
 
 
 def _errors_are_one_line(func: F) -> F:
@@ -61,11 +78,12 @@ class _Group(click.Group):
     """Click's usage errors (unknown flag, bad value, missing argument) as one
     line like every other error, instead of usage text plus a blank line."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
@@ -79,20 +97,81 @@ class _Group(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[item]}"), console=console,
-                    transient=False)
+def _progress(console: Console, *, rate: bool = False) -> Progress:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if rate:
+        columns.append(TextColumn("{task.fields[rate]}"))
+    columns.append(TextColumn("{task.fields[item]}"))
+    return Progress(*columns, console=console, transient=False)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+# -- output options: checked before any work --------------------------------------------
+def _check_json_path(path: Path | None, option: str = "--json") -> None:
+    """A ``--json`` path must be ``-`` or a file in an existing directory."""
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a directory; give a file name", param_hint=option)
+    if not path.resolve().parent.is_dir():
+        raise click.BadParameter(f"directory {path.parent} does not exist", param_hint=option)
+
+
+def _check_output_dir(path: Path | None, option: str) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{path} exists and is not a directory", param_hint=option)
+    if path is not None and not path.resolve().parent.is_dir():
+        raise click.BadParameter(f"directory {path.parent} does not exist", param_hint=option)
+
+
+def _write_json(path: Path, payload: object, console: Console) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path.write_text(text, encoding="utf-8")
+    console.print(f"wrote {escape(str(path))}")
+
+
+def _json_option(what: str) -> Callable[[F], F]:
+    return click.option("--json", "json_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
+                        metavar="PATH", help=f"Write {what} as JSON to PATH ('-': standard output, the "
+                                             "human-readable text then goes to standard error).")
+
+
+def _epilog(*examples: str) -> str:
+    """A help epilog with examples, kept verbatim by click (``\\b``)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples)
+
+
+# -- the group ----------------------------------------------------------------------------
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_epilog("edgecoe run                          serve the bundled demo",
+                            "edgecoe bench --requests 500         compare policies on it",
+                            "edgecoe -v inspect models/pcb-small  show a package, logging at info"))
 @click.version_option(edgecoe.__version__, prog_name="edgecoe")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-def main(debug: bool) -> None:
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+              help="Level of edgecoe's and ONNX Runtime's log lines (default: warning).")
+@click.option("-v", "--verbose", count=True, help="More log lines: -v info, -vv debug (--log-level wins).")
+def main(debug: bool, log_level: str | None, verbose: int) -> None:
     """edgecoe: serve Collaboration-of-Experts models on memory-constrained edge devices."""
+    from edgecoe.logs import configure
+
+    configure(log_level or ("debug" if verbose >= 2 else "info" if verbose == 1 else "warning"))
 
 
-@main.command()
+def entry_point() -> None:
+    """The ``edgecoe`` console script: ONNX Runtime's native log lines go through Python logging."""
+    from edgecoe.logs import route_onnxruntime_logs
+
+    route_onnxruntime_logs()
+    main()
+
+
+# -- export, inspect, demo ---------------------------------------------------------------
+@main.command(epilog=_epilog("edgecoe export export/onnx-import.yaml -o models/imported",
+                             "edgecoe export my-spec.yaml -o models/mine --force"))
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Package directory to write.")
@@ -100,7 +179,10 @@ def main(debug: bool) -> None:
 @click.option("--allow-custom-ops", is_flag=True, help="Accept models that need custom-op libraries.")
 @_errors_are_one_line
 def export(spec: Path, output: Path, force: bool, allow_custom_ops: bool) -> None:
-    """Export the experts a SPEC (YAML/JSON) names into a CoE package, verifying each."""
+    """Export the experts a SPEC (YAML/JSON) names into a CoE package, verifying each.
+
+    A spec that names PyTorch factories runs that Python code: export only specs you trust.
+    """
     from edgecoe.export import ExpertExport, export_package, read_spec
 
     parsed, _ = read_spec(spec)
@@ -109,34 +191,37 @@ def export(spec: Path, output: Path, force: bool, allow_custom_ops: bool) -> Non
         task = progress.add_task("exporting", total=len(parsed.experts), item="")
 
         def start(name: str) -> None:
-            progress.update(task, item=name)
+            progress.update(task, item=escape(name))
 
         def done(result: ExpertExport) -> None:
             opt = "" if result.optimized_max_abs_diff is None else f", optimized {result.optimized_max_abs_diff:.2e}"
             progress.console.print(
-                f"  {result.name}: {format_bytes(result.bytes)} from {result.framework}, "
+                f"  {escape(result.name)}: {format_bytes(result.bytes)} from {result.framework}, "
                 f"max abs diff {result.max_abs_diff:.2e}{opt} ({result.seconds:.1f} s)")
             progress.advance(task)
 
         report = export_package(spec, output, overwrite=force, allow_custom_ops=allow_custom_ops,
                                 on_expert_start=start, on_expert_done=done)
-    console.print(f"wrote {report.package} ({len(report.experts)} experts)")
+    console.print(f"wrote {escape(str(report.package))} ({len(report.experts)} experts)")
 
 
-@main.command()
+@main.command(epilog=_epilog("edgecoe inspect models/pcb-small",
+                             "edgecoe inspect models/pcb-small --json - | jq .num_experts"))
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@_json_option("the package summary")
 @click.option("--quick", is_flag=True, help="Skip checksums and ONNX parsing (sizes and paths only).")
 @_errors_are_one_line
-def inspect(package: Path, as_json: bool, quick: bool) -> None:
+def inspect(package: Path, json_path: Path | None, quick: bool) -> None:
     """Show a package's experts, sizes, architectures, dependency graph and probabilities."""
     from edgecoe.inspect import package_summary, render_summary
 
+    _check_json_path(json_path)
     pkg = edgecoe.load_package(package, verify="quick" if quick else "full")
-    if as_json:
-        click.echo(json.dumps(package_summary(pkg), indent=2))
+    console = _console(to_stderr=json_path is not None and str(json_path) == "-")
+    if json_path is not None:
+        _write_json(json_path, package_summary(pkg), console)
     else:
-        render_summary(pkg, _console())
+        render_summary(pkg, console)
 
 
 @main.group()
@@ -144,7 +229,8 @@ def demo() -> None:
     """Build the bundled circuit-board inspection demo."""
 
 
-@demo.command("build")
+@demo.command("build", epilog=_epilog("edgecoe demo build              the 20-expert pcb-small (seconds)",
+                                      "edgecoe demo build pcb          the 120-expert pcb (7.5 GB, minutes)"))
 @click.argument("recipe", default="pcb-small")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Package directory (default: models/NAME).")
@@ -152,39 +238,66 @@ def demo() -> None:
 @_errors_are_one_line
 def demo_build(recipe: str, output: Path | None, force: bool) -> None:
     """Build demo RECIPE (pcb-small, pcb, or a recipe file) into a package."""
-    from edgecoe.demo import build_demo, find_recipe, load_recipe
+    from edgecoe.demo import find_recipe, load_recipe
 
     parsed = load_recipe(find_recipe(recipe))
-    dest = output or DEFAULT_MODELS_DIR / parsed.name
     console = _console()
-    total = parsed.num_component_types + parsed.num_detectors
+    dest = output or DEFAULT_MODELS_DIR / parsed.name
+    if (dest / "edgecoe.json").is_file() and not force:
+        pkg = edgecoe.load_package(dest, verify="quick")
+        console.print(f"{escape(str(dest))} is already built: {len(pkg.experts)} experts, "
+                      f"{format_bytes(pkg.total_bytes)} of models (--force rebuilds it)")
+        return
+    path = _build_demo(console, recipe, dest, overwrite=force)
+    pkg = edgecoe.load_package(path, verify="quick")
+    console.print(f"wrote {escape(str(path))}: {len(pkg.experts)} experts, {format_bytes(pkg.total_bytes)} of models")
+
+
+def _build_demo(console: Console, recipe: str, dest: Path, *, overwrite: bool = False) -> Path:
+    """Build a demo recipe with a progress bar; returns the package directory."""
+    from edgecoe.demo import build, find_recipe, load_recipe
+
+    parsed = load_recipe(find_recipe(recipe))
     with _progress(console) as progress:
-        task = progress.add_task(f"building {parsed.name}", total=total, item="")
+        task = progress.add_task(f"building {parsed.name}", total=parsed.num_component_types + parsed.num_detectors,
+                                 item="")
 
         def step(name: str) -> None:
-            progress.update(task, item=name)
+            progress.update(task, item=escape(name))
             progress.advance(task)
 
-        path = build_demo(parsed, dest, overwrite=force, progress=step)
-    pkg = edgecoe.load_package(path, verify="quick")
-    console.print(f"wrote {path}: {len(pkg.experts)} experts, {format_bytes(pkg.total_bytes)}")
+        return build(recipe, dest, force=overwrite, progress=step)
 
 
+def _demo_package(console: Console) -> Path:
+    """The bundled demo package, built on first use."""
+    path = DEFAULT_MODELS_DIR / "pcb-small"
+    if not (path / "edgecoe.json").is_file():
+        console.print(f"building the bundled demo into {path} (first run only)")
+        _build_demo(console, "pcb-small", path)
+    return path
+
+
+# -- workloads ---------------------------------------------------------------------------
 @main.group()
 def workload() -> None:
     """Generate and check workload traces (JSONL)."""
 
 
-@workload.command("generate")
+@workload.command("generate", epilog=_epilog(
+    "edgecoe workload generate models/pcb-small -o w.jsonl --requests 2000 --rate 250 --seed 3"))
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Trace file to write (JSONL).")
+@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Requests in the trace.")
 @click.option("--dist", default="zipf:1.1", show_default=True, help="uniform or zipf:S over the entry key's values.")
 @click.option("--rate", "rate_rps", type=float, default=None, help="Mean arrivals per second (default: all at t=0).")
-@click.option("--arrival", type=click.Choice(["poisson", "uniform"]), default="poisson", show_default=True)
+@click.option("--arrival", type=click.Choice(["poisson", "uniform"]), default="poisson", show_default=True,
+              help="Arrival process at --rate.")
 @click.option("--go-on", type=float, default=None,
               help="Share of requests the first expert passes on (default: the package's hint).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the trace.")
 @_errors_are_one_line
 def workload_generate(package: Path, output: Path, num_requests: int, dist: str, rate_rps: float | None,
                       arrival: str, go_on: float | None, seed: int) -> None:
@@ -199,7 +312,7 @@ def workload_generate(package: Path, output: Path, num_requests: int, dist: str,
     click.echo(f"wrote {output}: {len(trace)} requests over {span:.1f} s ({dist}, seed {seed})")
 
 
-@workload.command("check")
+@workload.command("check", epilog=_epilog("edgecoe workload check w.jsonl"))
 @click.argument("trace", type=click.Path(path_type=Path))
 @_errors_are_one_line
 def workload_check(trace: Path) -> None:
@@ -211,75 +324,89 @@ def workload_check(trace: Path) -> None:
     click.echo(f"{trace}: {len(parsed)} requests over {span:.1f} s, valid")
 
 
-@main.command()
+# -- profile -----------------------------------------------------------------------------
+@main.command(epilog=_epilog("edgecoe profile models/pcb-small --quick -o device_profiles/mine.json",
+                             "edgecoe profile models/pcb --device cuda:0 -o device_profiles/gpu.json"))
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda:N or coreml.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Profile JSON to write, e.g. device_profiles/NAME.json.")
 @click.option("--name", default=None, help="Profile name (default: from the output file name).")
 @click.option("--quick", is_flag=True, help="Fewer batch sizes, repeats and samples (pcb-small in under a minute).")
-@click.option("--memory-limit", default=None, help="Memory experts may use on the device (bytes, 8GB, 50%%...).")
+@click.option("--memory-limit", default=None,
+              help="Memory experts may use on the device: bytes, 8GB, or 50% of available memory.")
 @click.option("--no-search", is_flag=True, help="Skip the allocation search: keep every expert that fits.")
 @_errors_are_one_line
 def profile(package: Path, device: str, output: Path, name: str | None, quick: bool, memory_limit: str | None,
             no_search: bool) -> None:
-    """Measure PACKAGE on DEVICE and write a device profile (costs, footprints, allocation)."""
+    """Measure PACKAGE on DEVICE and write a device profile (costs, footprints, allocation).
+
+    A profile written into device_profiles/ becomes `edgecoe run`'s default for this machine and
+    package (run says which profile it picked).
+    """
     from edgecoe.config import parse_budget
-    from edgecoe.profiler import save_profile
     from edgecoe.memory import available_memory_bytes
+    from edgecoe.profile import save_profile
     from edgecoe.profiler.run import ProfileSettings, check_device, profile_package
 
     check_device(device)
     pkg = edgecoe.load_package(package, verify="quick")
-    overrides: dict[str, object] = {"search": not no_search}
+    overrides: dict[str, Any] = {"search": not no_search}
     if memory_limit is not None:
         overrides["memory_limit_bytes"] = parse_budget(memory_limit, total_bytes=available_memory_bytes())
-    settings = ProfileSettings.quick(**overrides) if quick else ProfileSettings(**overrides)  # type: ignore[arg-type]
+    settings = ProfileSettings.quick(**overrides) if quick else ProfileSettings(**overrides)
     console = _console()
     with _progress(console) as progress:
-        task = progress.add_task(f"profiling {pkg.name} on {device}", total=None, item="")
+        task = progress.add_task(f"profiling {escape(pkg.name)} on {device}", total=None, item="")
 
         def step(what: str, done: int, total: int) -> None:
-            progress.update(task, item=what)
-            progress.console.print(f"  {what}")
+            progress.update(task, total=max(total, 1), completed=done, item=escape(what))
+            progress.console.print(f"  {escape(what)}")
 
         result = profile_package(pkg, device=device, name=name or output.stem, settings=settings, progress=step)
         progress.update(task, total=1, completed=1, item="done")
     save_profile(result, output)
     alloc = result.allocation
-    console.print(f"wrote {output}")
+    console.print(f"wrote {escape(str(output))}")
     for arch, by_kind in sorted(result.costs.items()):
         for kind, cost in by_kind.items():
-            console.print(f"  {arch} on {kind}: K {cost.k_ms:.3f} ms/item, B {cost.b_ms:.3f} ms "
+            console.print(f"  {escape(arch)} on {kind}: K {cost.k_ms:.3f} ms/item, B {cost.b_ms:.3f} ms "
                           f"(fit error {100 * (cost.fit_max_rel_error or 0):.1f} %), max batch {cost.max_batch}, "
-                          f"load cold {cost.load_cold_ms:.1f} / warm {cost.load_warm_ms:.1f} ms, "
-                          f"footprint {format_bytes(cost.footprint_bytes or 0)}")
+                          f"load cold {cost.load_cold_ms or 0:.1f} / warm {cost.load_warm_ms or 0:.1f} ms, "
+                          f"resident footprint {format_bytes(cost.footprint_bytes or 0)}")
     if alloc is not None:
         console.print(f"  allocation: {alloc.num_resident} experts resident, budget {format_bytes(alloc.budget_bytes)}, "
-                      f"executors {alloc.num_executors} ({alloc.stop_reason})")
+                      f"executors {format_counts(alloc.num_executors)} ({alloc.stop_reason})")
 
 
-@main.command()
+# -- bench -------------------------------------------------------------------------------
+@main.command(epilog=_epilog(
+    "edgecoe bench --requests 500                                   every entry on the demo",
+    "edgecoe bench models/pcb --policies samba,edgecoe,all-resident --requests 2000 --json bench.json",
+    "edgecoe bench --paper numa --requests 2500 --arrival uniform  CoServe's setting, simulated",
+    "edgecoe bench --simulate --profile x86-2core-cpu --sweep budget=10,25,50 --plots plots/"))
 @click.argument("package", required=False, type=click.Path(path_type=Path))
 @click.option("--policies", default=None,
-              help="Comma-separated entries (default: samba, samba-fifo, samba-parallel, coserve, edgecoe, "
-                   "belady, all-resident).")
-@click.option("--ablation", is_flag=True, help="The paper's ablation: none, +expert-management, +arranging, "
-                                                "+assigning, +prefetch.")
-@click.option("--budget", default="25%", show_default=True, help="Share of all experts' footprint, or bytes.")
-@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--dist", default="zipf:1.1", show_default=True)
+              help=f"Comma-separated entries (default: {', '.join(DEFAULT_BENCH_ENTRIES)}; all: "
+                   f"{', '.join(BENCH_ENTRIES)}).")
+@click.option("--ablation", is_flag=True, help=f"The paper's ablation: {', '.join(ABLATION)}.")
+@click.option("--budget", default="25%", show_default=True,
+              help="Expert memory: a share of all experts' resident footprint (25%), a size (2GB) or bytes.")
+@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Requests in the generated trace.")
+@click.option("--dist", default="zipf:1.1", show_default=True, help="uniform or zipf:S over the entry key's values.")
 @click.option("--rate", "rate_rps", type=float, default=250.0, show_default=True, help="Arrivals per second.")
-@click.option("--arrival", type=click.Choice(["poisson", "uniform"]), default="poisson", show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--simulate", is_flag=True, help="Virtual clock with a profile's costs.")
+@click.option("--arrival", type=click.Choice(["poisson", "uniform"]), default="poisson", show_default=True,
+              help="Arrival process at --rate.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of the trace (and simulated routing).")
+@click.option("--simulate", is_flag=True, help="Virtual clock with a profile's costs instead of real sessions.")
 @click.option("--profile", "profile_name", default=None, help="Device profile (file or name in device_profiles/).")
 @click.option("--paper", type=click.Choice(["numa", "uma"]), default=None,
               help="Simulate CoServe's setting: 350 synthetic experts on the reference NUMA or UMA profile.")
-@click.option("--sweep", default=None, help="KIND=V1,V2,...: budget (%%), skew (zipf S), rate (req/s) or executors.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--sweep", default=None, help="KIND=V1,V2,...: budget (percent), skew (zipf S), rate (req/s) or executors.")
+@_json_option("every entry's numbers and reports")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write PNG plots here (needs the plots extra).")
+              help="Write PNG plots into this directory (needs the plots extra).")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a Chrome/Perfetto timeline of loads, evictions and batches (last sweep point).")
 @_errors_are_one_line
@@ -287,16 +414,23 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
           rate_rps: float, arrival: str, seed: int, simulate: bool, profile_name: str | None, paper: str | None,
           sweep: str | None, json_path: Path | None, plots_dir: Path | None, trace_path: Path | None) -> None:
     """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios."""
-    from edgecoe.bench import ABLATION, DEFAULT_POLICIES, paper_package, run_bench
+    from edgecoe.bench import paper_package, run_bench
     from edgecoe.bench.harness import entry_config
     from edgecoe.bench.report import render_table, sweep_points, write_plots
     from edgecoe.profiler.select import best_profile, resolve_profile
+    from edgecoe.timeline import Timeline, write_trace
     from edgecoe.workload import generate_workload
 
-    console = _console()
-    entries = list(ABLATION) if ablation else (policies.split(",") if policies else list(DEFAULT_POLICIES))
+    entries = list(ABLATION) if ablation else (policies.split(",") if policies else list(DEFAULT_BENCH_ENTRIES))
     for entry in entries:
         entry_config(entry, 1, 1)  # an unknown name fails here, before any work
+    points = sweep_points(sweep)
+    _check_json_path(json_path)
+    _check_json_path(trace_path, "--trace")
+    _check_output_dir(plots_dir, "--plots")
+    if plots_dir is not None:
+        _require_matplotlib()
+    console = _console(to_stderr=json_path is not None and str(json_path) == "-")
     profile = None
     if paper:
         simulate = True
@@ -310,137 +444,182 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
             profile, _ = resolve_profile(profile_name)
         elif (match := best_profile(pkg)) is not None:
             profile = match.profile
-    from edgecoe.timeline import Timeline, write_trace
-
-    points = sweep_points(sweep)
     results = []
     timelines: dict[str, Timeline] = {}
-    for index, (label, overrides) in enumerate(points):
-        trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=overrides.get("dist", dist),
-                                  rate_rps=float(overrides.get("rate", rate_rps)), arrival=arrival,  # type: ignore[arg-type]
-                                  seed=seed)
-        point_budget = overrides.get("budget", budget)
-        console.print(f"[bold]{pkg.name}[/bold]{' ' + label if label else ''}: {len(trace)} requests, "
-                      f"{overrides.get('dist', dist)}, {overrides.get('rate', rate_rps)} req/s ({arrival}); budget "
-                      f"{point_budget}; {'simulated with ' + profile.name if simulate and profile else 'real sessions'}")
-        result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile, simulate=simulate,
-                           seed=seed, num_executors=overrides.get("executors"),  # type: ignore[arg-type]
-                           timelines=timelines if trace_path and index == len(points) - 1 else None,
-                           on_report=lambda name, r: console.print(
-                               f"  {name}: {r.throughput_rps:.1f} req/s, {r.num_switches} switches"))
+    for index, point in enumerate(points):
+        point_dist = point.dist or dist
+        point_rate = point.rate_rps if point.rate_rps is not None else rate_rps
+        point_budget = point.budget or budget
+        trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=point_dist, rate_rps=point_rate,
+                                  arrival=arrival, seed=seed)  # type: ignore[arg-type]
+        where = f"simulated with {profile.name}" if simulate and profile else "real sessions"
+        console.print(f"[bold]{escape(pkg.name)}[/bold]{' ' + point.label if point.label else ''}: "
+                      f"{len(trace)} requests, {point_dist}, {point_rate:g} req/s ({arrival}); "
+                      f"budget {point_budget}; {escape(where)}")
+        with _bench_progress(console, entries, len(trace), simulate) as (on_warm, on_progress, on_report):
+            result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile, simulate=simulate,
+                               seed=seed, num_executors=point.num_executors,
+                               timelines=timelines if trace_path and index == len(points) - 1 else None,
+                               on_warm=on_warm, on_progress=on_progress, on_report=on_report)
         render_table(console, result)
-        results.append((label, result))
-    if json_path:
-        payload = {"points": [{"label": label, **r.to_dict()} for label, r in results]}
-        json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        console.print(f"wrote {json_path}")
+        results.append((point.label, result))
+    if json_path is not None:
+        _write_json(json_path, {"points": [{"label": label, **r.to_dict()} for label, r in results]}, console)
     if plots_dir:
         for path in write_plots(results, plots_dir):
-            console.print(f"wrote {path}")
+            console.print(f"wrote {escape(str(path))}")
     if trace_path:
-        console.print(f"wrote {write_trace(timelines, trace_path)} (open in ui.perfetto.dev or chrome://tracing)")
+        path = write_trace(timelines, trace_path)
+        console.print(f"wrote {escape(str(path))} (open in ui.perfetto.dev or chrome://tracing)")
 
 
-def _demo_package(console: Console) -> Path:
-    """The bundled demo package, built on first use."""
-    from edgecoe.demo import build_demo, find_recipe, load_recipe
-
-    path = DEFAULT_MODELS_DIR / "pcb-small"
-    if not (path / "edgecoe.json").is_file():
-        console.print(f"building the bundled demo into {path} (first run only) ...")
-        build_demo(load_recipe(find_recipe("pcb-small")), path)
-    return path
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.BadParameter("plots need matplotlib: pip install 'edgecoe[plots]'",
+                                 param_hint="--plots") from None
 
 
-@main.command()
+@contextmanager
+def _bench_progress(console: Console, entries: list[str], num_requests: int,
+                    simulate: bool) -> Iterator[tuple[Any, Any, Any]]:
+    """Callbacks that show the cache warm-up and each entry's progress with its live request rate."""
+    with _progress(console, rate=True) as progress:
+        tasks: dict[str, Any] = {}
+        started: dict[str, float] = {}
+
+        def on_warm(done: int, total: int) -> None:
+            if "warm" not in tasks:
+                tasks["warm"] = progress.add_task("warming the optimized-model cache", total=total, item="", rate="")
+            progress.update(tasks["warm"], completed=done)
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"{name:<18}", total=total, item="", rate="")
+                started[name] = time.perf_counter()
+            elapsed = time.perf_counter() - started[name]
+            progress.update(tasks[name], completed=done,
+                            rate=f"{done / elapsed:6.1f} req/s" if elapsed > 0 and done else "starting")
+
+        def on_report(name: str, report: Any) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"{name:<18}", total=num_requests, item="", rate="")
+            progress.update(tasks[name], completed=num_requests,
+                            rate=f"{report.throughput_rps:6.1f} req/s",
+                            item=f"{report.num_switches} switches{' (simulated)' if simulate else ''}")
+
+        yield on_warm, on_progress, on_report
+
+
+# -- run ---------------------------------------------------------------------------------
+@main.command(epilog=_epilog(
+    "edgecoe run                                         the bundled demo, built on first use",
+    "edgecoe run --budget 25% --requests 1000 --rate 200 --json report.json",
+    "edgecoe run models/pcb --policy coserve --workload w.jsonl",
+    "edgecoe run models/pcb --simulate --profile x86-2core-cpu --requests 20000"))
 @click.argument("package", required=False, type=click.Path(path_type=Path))
 @click.option("--profile", "profile_name", default=None,
               help="Device profile: a JSON file or a name in device_profiles/ (default: the best match "
                    "for this machine and package, else built-in defaults).")
-@click.option("--policy", default="edgecoe", show_default=True,
-              help="samba, samba-fifo, samba-parallel, coserve or edgecoe.")
-@click.option("--budget", default=None, help="Memory for resident experts: bytes, 800MB, 2GiB or 25% of all experts.")
+@click.option("--policy", type=click.Choice(list(PRESETS)), default="edgecoe", show_default=True,
+              help="Scheduling and eviction preset.")
+@click.option("--budget", default=None,
+              help="Memory for resident experts per processor: bytes, 800MB, 2GiB, or 25% of all experts' "
+                   "resident footprint (default: the profile's budgets).")
 @click.option("--executors", "num_executors", type=click.IntRange(1, 64), default=None,
               help="Executors per processor (default: the profile's).")
 @click.option("--workload", "workload_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A JSONL trace; otherwise one is generated from the options below.")
-@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--dist", default="zipf:1.1", show_default=True)
+@click.option("--requests", "num_requests", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Requests in the generated trace.")
+@click.option("--dist", default="zipf:1.1", show_default=True, help="uniform or zipf:S over the entry key's values.")
 @click.option("--rate", "rate_rps", type=float, default=None, help="Arrivals per second (default: all at once).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the generated trace.")
 @click.option("--max-delay-ms", type=float, default=30000.0, show_default=True,
-              help="Bound on queueing delay (edgecoe policy).")
+              help="Bound on queueing delay in ms (edgecoe policy).")
 @click.option("--allow-cpu-fallback", is_flag=True, help="Run on CPU when a profile's provider is missing.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the report JSON here.")
+@click.option("--json", "--report", "json_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              metavar="PATH", help="Write the run report as JSON to PATH ('-': standard output, the human-readable "
+                                   "text then goes to standard error). --report is the old name.")
 @click.option("--simulate", is_flag=True,
               help="Virtual clock with the profile's costs instead of real sessions (needs --profile with costs).")
 @_errors_are_one_line
 def run(package: Path | None, profile_name: str | None, policy: str, budget: str | None,
         num_executors: int | None, workload_path: Path | None, num_requests: int, dist: str,
         rate_rps: float | None, seed: int, max_delay_ms: float, allow_cpu_fallback: bool,
-        report_path: Path | None, simulate: bool) -> None:
+        json_path: Path | None, simulate: bool) -> None:
     """Serve a workload on PACKAGE (default: the bundled pcb-small demo) and report."""
     from edgecoe.config import RuntimeConfig
     from edgecoe.profiler.select import best_profile, resolve_profile
     from edgecoe.runtime import Runtime
     from edgecoe.workload import generate_workload, read_workload
 
-    console = _console()
+    _check_json_path(json_path)
+    console = _console(to_stderr=json_path is not None and str(json_path) == "-")
     config = RuntimeConfig(policy=policy, budget=budget, num_executors=num_executors,
                            max_delay_ms=max_delay_ms, allow_cpu_fallback=allow_cpu_fallback)
     config.validate()
     pkg = edgecoe.load_package(package or _demo_package(console), verify="quick")
     profile = None
-    profile_note = "built-in defaults: no matching profile in device_profiles/"
+    profile_note = "built-in defaults (no profile in device_profiles/ matches this machine and package)"
     if profile_name:
         profile, path = resolve_profile(profile_name)
-        profile_note = str(path)
+        profile_note = f"{path} (--profile)"
     elif (match := best_profile(pkg)) is not None:
         profile = match.profile
-        profile_note = f"{match.path}, best match: {match.reason}"
+        profile_note = f"{match.path}, picked automatically: {match.reason}; --profile picks another"
     trace = read_workload(workload_path) if workload_path else generate_workload(
         pkg.manifest, num_requests=num_requests, dist=dist, rate_rps=rate_rps, seed=seed)
+    budget_note = f"--budget {budget}" if budget is not None else "the profile's budgets"
     if simulate:
         from edgecoe.sim import simulate as run_simulation
 
         if profile is None:
             raise click.UsageError("--simulate needs --profile: a device profile with per-architecture costs")
+        console.print(f"{escape(pkg.name)}: {len(pkg.experts)} experts; policy {policy}; simulated")
+        console.print(f"device profile: {escape(profile_note)}")
         report = run_simulation(pkg.manifest, profile, trace, config=config, seed=seed)
-        console.print(f"{pkg.name}: {len(pkg.experts)} experts; policy {policy}; simulated with profile "
-                      f"{profile.name} ({profile_note})")
-        _print_report(console, report)
-        if report_path:
-            report.write(report_path)
-        return
-    with Runtime(pkg, config=config, profile=profile) as runtime:
-        where = f"profile {runtime.profile.name} ({profile_note})"
-        budgets = ", ".join(f"{p} {format_bytes(c.budget_bytes)}" for p, c in runtime.caches.items())
-        console.print(f"{pkg.name}: {len(pkg.experts)} experts; policy {policy}; {where}; budget {budgets}; "
-                      f"{len(runtime.executors)} executor(s); start-up {runtime.startup_s:.1f} s")
-        with _progress(console) as progress:
-            task = progress.add_task("serving", total=len(trace), item="")
-            report = runtime.run(trace, progress=lambda done, total: progress.update(task, completed=done))
+    else:
+        with console.status("starting: measuring footprints, preloading experts"):
+            runtime = Runtime(pkg, config=config, profile=profile)
+        with runtime:
+            budgets = ", ".join(f"{p} {format_bytes(c.budget_bytes)}" for p, c in runtime.caches.items())
+            console.print(f"{escape(pkg.name)}: {len(pkg.experts)} experts; policy {policy}; "
+                          f"executors {format_counts(runtime.engine.executors_per_processor())}; "
+                          f"start-up {runtime.startup_s:.1f} s")
+            console.print(f"device profile: {escape(profile_note)}")
+            console.print(f"expert budget: {budgets} (from {budget_note})")
+            with _progress(console, rate=True) as progress:
+                task = progress.add_task("serving", total=len(trace), item="", rate="")
+                started = time.perf_counter()
+
+                def advance(done: int, total: int) -> None:
+                    elapsed = time.perf_counter() - started
+                    progress.update(task, completed=done, rate=f"{done / elapsed:6.1f} req/s" if elapsed > 0 else "")
+
+                report = runtime.run(trace, progress=advance)
     _print_report(console, report)
-    if report_path:
-        report.write(report_path)
-        console.print(f"report written to {report_path}")
+    if json_path is not None:
+        _write_json(json_path, report.to_dict(), console)
 
 
 def _print_report(console: Console, report: Any) -> None:
     lat = report.latency_ms
     console.print(
-        f"completed {report.num_completed}/{report.num_requests} (failed {report.num_failed}) in {report.wall_s:.1f} s: "
-        f"[bold]{report.throughput_rps:.1f} req/s[/bold]; latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
-        f"p99 {lat['p99']:.0f} ms")
-    peaks = ", ".join(f"{p} {format_bytes(b)} of {format_bytes(report.budget_bytes[p])}" for p, b in report.peak_bytes.items())
-    console.print(f"switches {report.num_switches}, hits {report.num_hits}, prefetches {report.num_prefetches}, "
-                  f"evictions {report.num_evictions}, loaded {format_bytes(report.bytes_loaded)}; peak {peaks}")
+        f"completed {report.num_completed}/{report.num_requests} (failed {report.num_failed}) in {report.wall_s:.1f} s"
+        f"{' (virtual)' if report.simulated else ''}: [bold]{report.throughput_rps:.1f} req/s[/bold]; "
+        f"latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms")
+    peaks = ", ".join(f"{p} {format_bytes(b)} of {format_bytes(report.budget_bytes[p])}"
+                      for p, b in report.peak_bytes.items())
+    console.print(f"switches {report.num_switches} (experts loaded on demand), hits {report.num_hits}, "
+                  f"prefetches {report.num_prefetches}, evictions {report.num_evictions}; "
+                  f"{format_bytes(report.bytes_loaded)} made resident; peak resident {peaks}")
     for cause, count in sorted(report.errors.items(), key=lambda kv: -kv[1])[:5]:
-        console.print(f"  {count} failed: {cause}")
+        console.print(f"  {count} failed: {escape(cause)}")
     for expert, cause in report.quarantined.items():
-        console.print(f"  [yellow]quarantined[/yellow] {expert}: {cause}")
+        console.print(f"  [yellow]quarantined[/yellow] {escape(expert)}: {escape(cause)}")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry_point()

@@ -1,14 +1,21 @@
 """The one exception tree of edgecoe.
 
     EdgecoeError
-     ├── InvalidInputError         a user-supplied file or value is wrong (base for the next four)
-     │    ├── PackageError         a CoE package on disk cannot be used; ``.problems`` lists each
-     │    ├── SpecError            an export spec or demo recipe is wrong; ``.problems`` lists each
-     │    ├── ProfileError         a device profile is wrong; ``.problems`` lists each
-     │    ├── WorkloadError        a workload trace or generator argument is wrong
-     │    └── OnnxFileError        a file is not a readable ONNX model
-     └── ExportError               an expert could not be exported from its source
-          └── VerificationError    an exported expert disagrees with its source beyond tolerance
+     ├── InvalidInputError          a user-supplied file or value is wrong
+     │    ├── PackageError          a package on disk cannot be used; ``.problems`` lists each
+     │    ├── SpecError             an export spec or demo recipe is wrong; ``.problems`` lists each
+     │    ├── ProfileError          a device profile is wrong; ``.problems`` lists each
+     │    ├── WorkloadError         a workload trace or generator argument is wrong
+     │    ├── OnnxFileError         a file is not a readable ONNX model
+     │    └── ProviderUnavailableError  a profile names a provider the installed onnxruntime lacks
+     ├── RoutingError (ValueError)  request metadata or an expert's output matches no route
+     ├── ExportError                an expert could not be exported from its source
+     │    └── VerificationError     an exported expert disagrees with its source beyond tolerance
+     ├── SessionError               ONNX Runtime could not create a session for a model
+     ├── CacheLoadError             an expert loader failed; the cache's accounting is restored
+     ├── MeasurementError           the profiler could not measure an expert
+     └── RequestError               one request failed (``.request_id``, ``.expert``, ``.cause``)
+          └── RequestCancelled      it never ran to the end because the runtime closed
 
 Every error names the file, field or value at fault and what was expected. Errors
 that gather several problems (a package or a spec is checked completely before
@@ -96,3 +103,43 @@ class ExportError(EdgecoeError):
 
 class VerificationError(ExportError):
     """An exported expert's ONNX Runtime output differs from its source's beyond tolerance."""
+
+
+class ProviderUnavailableError(InvalidInputError):
+    """A processor's execution provider is not in the installed onnxruntime."""
+
+
+class RoutingError(EdgecoeError, ValueError):
+    """A request or an expert's output cannot be routed (unknown metadata value, bad output).
+
+    Also a ``ValueError``: routing rejects a value, and callers that only know
+    the standard library's vocabulary may catch it as one.
+    """
+
+
+class SessionError(EdgecoeError):
+    """ONNX Runtime could not create a session for a model."""
+
+
+class CacheLoadError(EdgecoeError):
+    """An expert loader failed; the cache's accounting is already restored."""
+
+
+class MeasurementError(EdgecoeError):
+    """The profiler could not measure an expert (a session failed, or no sample ran)."""
+
+
+class RequestError(EdgecoeError):
+    """A request failed; ``expert`` is where (None: before any expert ran)."""
+
+    def __init__(self, request_id: str, expert: str | None, cause: str) -> None:
+        self.request_id = request_id
+        self.expert = expert
+        self.cause = cause
+        where = f"at expert {expert!r}" if expert else "before routing"
+        super().__init__(f"request {request_id} failed {where}: {cause}")
+
+
+class RequestCancelled(RequestError):
+    """A request that never ran to the end because the runtime closed (without
+    draining, or when its drain timed out)."""

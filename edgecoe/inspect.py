@@ -9,7 +9,13 @@ from rich.table import Table
 from rich.tree import Tree
 
 from edgecoe.package.loader import Package
-from edgecoe.package.manifest import ArgmaxRoute, FanoutRoute, Route, StopRoute, ThresholdRoute
+from edgecoe.package.manifest import (
+    ArgmaxRoute,
+    FanoutRoute,
+    Route,
+    StopRoute,
+    ThresholdRoute,
+)
 
 
 def describe_route(route: Route) -> str:

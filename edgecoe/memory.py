@@ -1,8 +1,10 @@
 """Process memory: what this process really uses, and giving freed memory back.
 
-Budgets are kept against measured footprints. On Linux we read
-``/proc/self/smaps_rollup`` (PSS: shared file pages counted fairly, which
-matters for mmapped external weights); RSS is the fallback elsewhere.
+Budgets are kept against measured footprints. Process and system memory come
+from psutil: the proportional set size (PSS: shared file pages counted
+fairly, which matters for mmapped external weights) where the OS reports it
+(Linux), else the unique set size (macOS), else RSS. GPU memory comes from
+NVIDIA's management library (``nvidia-ml-py``, in the ``cuda`` extra).
 """
 
 from __future__ import annotations
@@ -14,49 +16,34 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-_SMAPS = Path("/proc/self/smaps_rollup")
+import psutil
+
 _libc: ctypes.CDLL | None = None
 
 
 def process_memory_bytes() -> int:
-    """Proportional set size (PSS) of this process in bytes, or RSS where PSS is unavailable."""
+    """Proportional set size (PSS) of this process in bytes; USS or RSS where PSS is unavailable."""
+    process = psutil.Process()
     try:
-        for line in _SMAPS.read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
+        full = process.memory_full_info()
+    except (psutil.AccessDenied, OSError):
+        return int(process.memory_info().rss)
+    return int(getattr(full, "pss", None) or getattr(full, "uss", None) or full.rss)
 
 
 def rss_bytes() -> int:
-    """Current resident set size in bytes (Linux: from /proc/self/statm)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        import os
-
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return process_memory_bytes()
+    """Current resident set size in bytes."""
+    return int(psutil.Process().memory_info().rss)
 
 
-def meminfo_bytes(key: str, default: int) -> int:
-    """A ``/proc/meminfo`` field (``MemTotal``, ``MemAvailable``) in bytes, or ``default``."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return default
+def total_memory_bytes() -> int:
+    """Physical memory of this machine."""
+    return int(psutil.virtual_memory().total)
 
 
 def available_memory_bytes() -> int:
-    """Memory available to new allocations (4 GiB where it cannot be read)."""
-    return meminfo_bytes("MemAvailable", 4 * 1024**3)
+    """Memory available to new allocations without swapping."""
+    return int(psutil.virtual_memory().available)
 
 
 def trim_heap() -> bool:
@@ -77,7 +64,7 @@ def release_freed_memory() -> bool:
     """Return freed heap memory to the OS.
 
     NOTE: glibc keeps memory of deleted ONNX Runtime sessions in its arenas
-    (DESIGN.md §4: +1.5-2.2 GB after 50 sessions); ``malloc_trim(0)`` gives it
+    (docs/background.md: +1.5-2.2 GB after 50 sessions); ``malloc_trim(0)`` gives it
     back. Returns False where that call does not exist (musl, macOS, jemalloc
     builds return memory themselves).
     """
@@ -98,7 +85,7 @@ def measure_footprint(create: Callable[[], object], *, copies: int = 3) -> int |
     try:
         for _ in range(copies):
             held.append(create())
-    except Exception:  # noqa: BLE001 - the caller decides what a failed measurement means
+    except Exception:
         return None
     per_copy = (process_memory_bytes() - before) // copies
     del held
@@ -117,27 +104,30 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def _nvidia_smi_mib(query: str, device_id: int) -> int | None:
-    """One nvidia-smi GPU query in bytes (it reports MiB), or None where unavailable."""
-    import shutil
-    import subprocess
-
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
+def _nvml_memory(device_id: int) -> tuple[int, int] | None:
+    """(used, total) bytes of GPU ``device_id`` from NVML, or None where it is unavailable."""
+    try:
+        import pynvml
+    except ImportError:  # nvidia-ml-py comes with the cuda extra
         return None
     try:
-        out = subprocess.run([exe, f"--query-gpu={query}", "--format=csv,noheader,nounits", f"--id={device_id}"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return int(float(out.strip().splitlines()[0]) * 1024 * 1024)
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        pynvml.nvmlInit()
+        try:
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(device_id))
+            return int(info.used), int(info.total)
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
         return None
 
 
 def cuda_memory_used_bytes(device_id: int) -> int | None:
-    """GPU memory in use on ``device_id`` per nvidia-smi, or None where it is unavailable."""
-    return _nvidia_smi_mib("memory.used", device_id)
+    """GPU memory in use on ``device_id``, or None where NVML is unavailable."""
+    memory = _nvml_memory(device_id)
+    return None if memory is None else memory[0]
 
 
 def cuda_total_memory_bytes(device_id: int) -> int | None:
-    """Total memory of GPU ``device_id`` per nvidia-smi, or None where it is unavailable."""
-    return _nvidia_smi_mib("memory.total", device_id)
+    """Total memory of GPU ``device_id``, or None where NVML is unavailable."""
+    memory = _nvml_memory(device_id)
+    return None if memory is None else memory[1]

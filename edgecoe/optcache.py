@@ -1,7 +1,7 @@
 """A per-machine cache of fully optimized models, so a switch skips graph optimization.
 
 Most of a conv net's session creation on CPU is ONNX Runtime's graph
-optimization (DESIGN §4). The package's portable optimized copies stop at
+optimization (docs/background.md). The package's portable optimized copies stop at
 level "extended"; level "all" adds layout transforms (NCHWc) that depend on
 the CPU, so such a model may only be reused on the machine that made it. This
 cache makes one on an expert's first load (``optimized_model_filepath``) and
@@ -100,7 +100,7 @@ class OptimizedModelCache:
                 session = create(cached, "none", None)
                 self.hits += 1
                 return session
-            except Exception as exc:  # noqa: BLE001 - a bad entry is rebuilt, never fatal
+            except Exception as exc:
                 logger.warning("optimized-model cache entry %s unusable (%s); rebuilding it", cached, exc)
                 cached.unlink(missing_ok=True)
         self.misses += 1

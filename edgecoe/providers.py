@@ -14,8 +14,8 @@ from typing import Literal
 
 import onnxruntime as ort
 
-from edgecoe.errors import EdgecoeError, InvalidInputError
-from edgecoe.profiler.schema import ProcessorProfile
+from edgecoe.errors import InvalidInputError, ProviderUnavailableError, SessionError
+from edgecoe.profile import ProcessorProfile
 
 Optimization = Literal["none", "basic", "extended", "all"]
 
@@ -33,7 +33,7 @@ PROVIDER_FOR_KIND = {
 }
 
 # Provider option keys edgecoe knows each EP accepts. ORT ignores some unknown
-# keys silently (DESIGN.md §4), so a typo in a profile must fail here instead.
+# keys silently (docs/background.md), so a typo in a profile must fail here instead.
 KNOWN_PROVIDER_OPTIONS = {
     "CPUExecutionProvider": frozenset(),
     "CUDAExecutionProvider": frozenset({
@@ -55,14 +55,6 @@ KNOWN_SESSION_CONFIG_KEYS = frozenset({
     "session.inter_op.allow_spinning",
     "session.use_device_allocator_for_initializers",
 })
-
-
-class SessionError(EdgecoeError):
-    """ONNX Runtime could not create a session for a model."""
-
-
-class ProviderUnavailableError(InvalidInputError):
-    """A processor's execution provider is not in the installed onnxruntime."""
 
 
 def available_providers() -> list[str]:
@@ -188,6 +180,6 @@ def create_session(
     try:
         return ort.InferenceSession(source, sess_options=options, providers=names,
                                     provider_options=provider_options)
-    except Exception as exc:  # noqa: BLE001 - ORT raises untyped Fail/InvalidGraph/RuntimeError
+    except Exception as exc:
         what = f"a {len(model_path)}-byte in-memory model" if isinstance(model_path, bytes) else model_path
         raise SessionError(f"onnxruntime cannot create a session for {what}: {exc}") from exc

@@ -10,23 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecoe.errors import EdgecoeError
-
-
-class RequestError(EdgecoeError):
-    """A request failed; ``expert`` is where (None: before any expert ran)."""
-
-    def __init__(self, request_id: str, expert: str | None, cause: str) -> None:
-        self.request_id = request_id
-        self.expert = expert
-        self.cause = cause
-        where = f"at expert {expert!r}" if expert else "before routing"
-        super().__init__(f"request {request_id} failed {where}: {cause}")
-
-
-class RequestCancelled(RequestError):
-    """A request that never ran to the end because the runtime closed (without
-    draining, or when its drain timed out)."""
+from edgecoe.errors import RequestCancelled
 
 
 @dataclass(frozen=True)
@@ -138,10 +122,21 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, float]:
             "p99": float(np.percentile(arr, 99)), "mean": float(arr.mean()), "max": float(arr.max())}
 
 
+def format_machine(machine: dict[str, str]) -> str:
+    """``x86_64 Linux, 2 CPUs, Python 3.11.7, onnxruntime 1.32.0``."""
+    return (f"{machine.get('machine', '?')} {machine.get('system', '')}, {machine.get('cpus', '?')} CPUs, "
+            f"Python {machine.get('python', '?')}, onnxruntime {machine.get('onnxruntime', '?')}")
+
+
 def machine_info() -> dict[str, str]:
+    """What a figure was measured on: CPU architecture, OS, cores, Python and onnxruntime versions."""
     import os
 
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
 
+        ort_version = ort.__version__
+    except ImportError:  # the simulator runs without ONNX Runtime
+        ort_version = "not installed"
     return {"machine": platform.machine(), "system": platform.system(), "cpus": str(os.cpu_count()),
-            "python": platform.python_version(), "onnxruntime": ort.__version__}
+            "python": platform.python_version(), "onnxruntime": ort_version}

@@ -1,39 +1,46 @@
-"""Simulated mode: the real schedulers and cache on a virtual clock.
+"""Simulated mode: the engine (real schedulers and caches) on a virtual clock.
 
-Costs come from a device profile instead of real sessions: a batch of n on a
-processor takes K*n + B ms, a switch takes the profiled load latency (from
-host memory when a NUMA profile's host tier holds the expert's bytes, else
-from disk). Routing samples each expert's declared route fractions. This lets
-policies be compared at sizes this machine cannot hold (350 experts, 60 GB).
+The simulator builds the same engine as the runtime, with a
+:class:`~edgecoe.loaders.simulated.CostModelLoader` in place of ONNX Runtime
+sessions, and keeps only what a virtual clock needs: an event queue of
+arrivals and batch completions. A batch of n on a processor takes K*n + B ms;
+a switch takes what the loader says the load costs (the profiled latency,
+from host memory when a NUMA host tier holds the bytes). Routing samples each
+expert's declared route fractions. This lets policies be compared at sizes
+this machine cannot hold (350 experts, 60 GB).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 import numpy as np
 
-from edgecoe.cache import ExpertCache, create_eviction_policy
-from edgecoe.config import RuntimeConfig, parse_budget
-from edgecoe.errors import InvalidInputError
-from edgecoe.package.manifest import ArgmaxRoute, FanoutRoute, Manifest, ThresholdRoute
-from edgecoe.package.routing import ExpertGraph, entry_expert, static_num_classes
-from edgecoe.profiler.schema import DeviceProfile
-from edgecoe.results import Report, latency_cdf, latency_summary
-from edgecoe.sched import CostModel, ExecutorInfo, Task, create_scheduler
-from edgecoe.sched.prefetch import likely_successors, maybe_prefetch
-from edgecoe.sched.presets import prefetch_enabled
-from edgecoe.sched.types import Batch, build_executors
+from edgecoe.config import RuntimeConfig
+from edgecoe.engine import Engine, build_engine
+from edgecoe.errors import RoutingError
+from edgecoe.loaders.simulated import CostModelLoader
+from edgecoe.package.manifest import (
+    ArgmaxRoute,
+    FanoutRoute,
+    Manifest,
+    Route,
+    ThresholdRoute,
+)
+from edgecoe.package.routing import entry_expert, static_num_classes
+from edgecoe.profile import DeviceProfile
+from edgecoe.results import Report
+from edgecoe.sched import ExecutorInfo, Task
+from edgecoe.sched.prefetch import likely_successors
+from edgecoe.sched.types import Batch
 from edgecoe.timeline import Timeline
-from edgecoe.workload import Workload
+from edgecoe.workload import TraceRequest, Workload
 
 
-def sample_next(record_route: object, num_classes: int | None, rng: np.random.Generator) -> list[str]:
+def sample_next(route: Route, num_classes: int | None, rng: np.random.Generator) -> list[str]:
     """Draw where one item goes from a route's declared fractions."""
-    route = record_route
     if isinstance(route, FanoutRoute):
         return list(route.next)
     if isinstance(route, ThresholdRoute):
@@ -53,28 +60,6 @@ def sample_next(record_route: object, num_classes: int | None, rng: np.random.Ge
     return []
 
 
-@dataclass
-class _HostTier:
-    """NUMA host memory holding expert bytes, least recently used out first."""
-
-    budget_bytes: int
-    used_bytes: int = 0
-    entries: OrderedDict[str, int] = field(default_factory=OrderedDict)
-
-    def touch(self, expert: str, num_bytes: int) -> bool:
-        """Record a use; returns whether the bytes were already there."""
-        if expert in self.entries:
-            self.entries.move_to_end(expert)
-            return True
-        if num_bytes <= self.budget_bytes:
-            while self.used_bytes + num_bytes > self.budget_bytes:
-                _, size = self.entries.popitem(last=False)
-                self.used_bytes -= size
-            self.entries[expert] = num_bytes
-            self.used_bytes += num_bytes
-        return False
-
-
 def simulate(
     manifest: Manifest, profile: DeviceProfile, workload: Workload, *, config: RuntimeConfig | None = None,
     seed: int = 0, timeline: Timeline | None = None,
@@ -91,195 +76,131 @@ def simulate(
         InvalidInputError: the profile lacks costs the simulation needs, or an
             expert can never fit a budget.
     """
-    from dataclasses import replace
-
     config = config or RuntimeConfig()
     config.validate()
-    future = None
+    future: list[str] = []
     if config.resolved_preset().eviction == "belady":
-        _, future = _simulate(manifest, profile, workload, replace(config, eviction="lru"), seed, None, None)
-    return _simulate(manifest, profile, workload, config, seed, future, timeline)[0]
+        future = _Simulation(manifest, profile, replace(config, eviction="lru"), seed, None).run(workload)[1]
+    return _Simulation(manifest, profile, config, seed, timeline, future=future).run(workload)[0]
 
 
-def _simulate(
-    manifest: Manifest, profile: DeviceProfile, workload: Workload, config: RuntimeConfig, seed: int,
-    future_uses: list[str] | None, timeline: Timeline | None,
-) -> tuple[Report, list[str]]:
-    preset = config.resolved_preset()
-    graph = ExpertGraph.from_manifest(manifest)
-    missing = sorted({(e.architecture, p.kind) for e in manifest.experts.values() for p in profile.processors
-                      if profile.cost(e.architecture, p.kind) is None})
-    if missing:
-        raise InvalidInputError(f"profile {profile.name} has no costs for (architecture, processor): {missing[:5]}")
+_Event = tuple[float, int, str, TraceRequest | ExecutorInfo]  # (time, seq, "arrive"|"finish", subject)
 
-    def footprint(expert: str) -> int:
-        cost = profile.cost(manifest.experts[expert].architecture, profile.processors[0].kind)
-        assert cost is not None
-        return cost.footprint_bytes or manifest.experts[expert].total_bytes
 
-    total_footprint = sum(footprint(n) for n in manifest.experts)
-    budgets = {p.id: (parse_budget(config.budget, total_bytes=total_footprint) if config.budget is not None
-                      else p.budget_bytes) for p in profile.processors}
-    executors = build_executors(((p.id, p.kind, p.num_executors) for p in profile.processors),
-                                parallel=preset.parallel, num_executors=config.num_executors)
-    caches: dict[str, ExpertCache] = {}
-    cost = CostModel(architecture_of={n: e.architecture for n, e in manifest.experts.items()},
-                     bytes_of={n: e.total_bytes for n, e in manifest.experts.items()}, profile=profile,
-                     resident=lambda expert, proc: caches[proc].contains(expert),
-                     resident_set=lambda proc: caches[proc].members(),
-                     max_batch_cap=None if preset.batching else 1)
-    for processor in profile.processors:
-        too_big = [n for n in manifest.experts if footprint(n) > budgets[processor.id]]
-        if too_big:
-            raise InvalidInputError(f"expert {too_big[0]!r} needs {footprint(too_big[0])} bytes but processor "
-                                    f"{processor.id} has a budget of {budgets[processor.id]} bytes")
-        caches[processor.id] = ExpertCache(
-            budget_bytes=budgets[processor.id], loader=lambda e: (None, footprint(e)), unloader=lambda e, h: None,
-            size_of=footprint, on_evict=None if timeline is None else (
-                lambda expert: timeline.instant("evict", expert, -1, now)),
-            policy=create_eviction_policy(
-                preset.eviction,
-                usage_probability={n: e.usage_probability for n, e in manifest.experts.items()},
-                parents=graph.parents, future_uses=[]))
-    scheduler = create_scheduler(preset.scheduler, executors, cost,
-                                 free_bytes=lambda proc: caches[proc].free_bytes, expert_bytes=footprint,
-                                 max_delay_ms=config.max_delay_ms)
-    host = _HostTier(profile.host_budget_bytes) if profile.memory == "numa" and profile.host_budget_bytes else None
-    kinds = {p.id: p.kind for p in profile.processors}
+class _Simulation:
+    """One run: the engine, a virtual clock and its events."""
 
-    def load_ms(expert: str, processor_id: str) -> float:
-        arch_cost = profile.cost(manifest.experts[expert].architecture, kinds[processor_id])
-        assert arch_cost is not None
-        if host is not None and host.touch(expert, manifest.experts[expert].total_bytes) \
-                and arch_cost.host_load_ms is not None:
-            return arch_cost.host_load_ms
-        return arch_cost.load_ms
+    def __init__(self, manifest: Manifest, profile: DeviceProfile, config: RuntimeConfig, seed: int,
+                 timeline: Timeline | None, *, future: list[str] | None = None) -> None:
+        self.manifest = manifest
+        self.now = 0.0
+        self.timeline = timeline
+        self.loader = CostModelLoader(manifest, profile)
+        self.engine: Engine[None] = build_engine(manifest, profile, config, self.loader,
+                                                 clock=lambda: self.now, timeline=timeline)
+        self.engine.set_future(future or [])
+        self.rng = np.random.default_rng(seed)
+        self.seq = itertools.count()
+        self.events: list[_Event] = []
+        self.busy: dict[int, Batch | None] = {e.index: None for e in self.engine.executors}
+        self.pending: dict[int, Batch] = {}  # executor -> popped batch waiting for room
+        self.ready_at: dict[tuple[str, str], float] = {}  # (processor, expert) -> when a prefetch completes
+        self.prefetch_free_at = 0.0
+        self.uses: list[str] = []  # experts in the order batches acquired them
 
-    if preset.preload:
-        ranked = sorted(manifest.experts, key=lambda n: -manifest.experts[n].usage_probability)
-        for cache in caches.values():
-            for expert in cache.preload(ranked):
-                if host is not None:
-                    host.touch(expert, manifest.experts[expert].total_bytes)
+    def _plans(self, workload: Workload) -> dict[str, dict[str, list[str]]]:
+        """Routing drawn up front, per request, so runs with the same seed make
+        the same routing decisions whatever the policy."""
+        num_classes = {n: static_num_classes(e) for n, e in self.manifest.experts.items()}
+        plans: dict[str, dict[str, list[str]]] = {}  # request -> expert -> experts it goes on to
+        for request in workload.requests:
+            try:
+                first = entry_expert(self.manifest.entry, request.metadata)
+            except RoutingError:
+                continue
+            plan: dict[str, list[str]] = {}
+            frontier = [first]
+            while frontier:
+                expert = frontier.pop(0)
+                plan[expert] = sample_next(self.manifest.experts[expert].route, num_classes[expert], self.rng)
+                frontier.extend(plan[expert])
+            plans[request.id] = plan
+        return plans
 
-    baseline = {"misses": sum(c.stats.num_misses for c in caches.values()),
-                "hits": sum(c.stats.num_hits for c in caches.values()),
-                "evictions": sum(c.stats.num_evictions for c in caches.values()),
-                "bytes": sum(c.stats.bytes_loaded for c in caches.values())}
-    rng = np.random.default_rng(seed)
-    num_classes = {n: static_num_classes(e) for n, e in manifest.experts.items()}
-    # Routing is drawn up front, per request, so runs with the same seed make
-    # the same routing decisions whatever the policy.
-    plans: dict[str, dict[str, list[str]]] = {}  # request -> expert -> experts it goes on to
-    for request in workload.requests:
-        try:
-            first = entry_expert(manifest.entry, request.metadata)
-        except ValueError:
-            continue
-        plan: dict[str, list[str]] = {}
-        frontier = [first]
-        while frontier:
-            expert = frontier.pop(0)
-            plan[expert] = sample_next(manifest.experts[expert].route, num_classes[expert], rng)
-            frontier.extend(plan[expert])
-        plans[request.id] = plan
-    uses: list[str] = []  # experts in the order batches acquired them
-    for cache in caches.values():
-        set_future = getattr(cache.policy, "set_future", None)
-        if set_future is not None:
-            set_future(future_uses or [])
-    seq = itertools.count()
-    events: list[tuple[float, int, str, object]] = []  # (time, seq, kind, data)
-    for request in workload.requests:
-        heapq.heappush(events, (request.arrival_ms, next(seq), "arrive", request))
-    busy: dict[int, Batch | None] = {e.index: None for e in executors}
-    pending: dict[int, Batch] = {}  # executor -> popped batch waiting for room
-    ready_at: dict[tuple[str, str], float] = {}  # (processor, expert) -> when a prefetch completes
-    prefetch_free_at = 0.0
-    submitted: dict[str, float] = {}
-    outstanding: dict[str, int] = {}
-    latencies: list[float] = []
-    failed = 0
-    stats = {"prefetches": 0}
-    now = 0.0
+    def run(self, workload: Workload) -> tuple[Report, list[str]]:
+        engine = self.engine
+        since = engine.totals()
+        plans = self._plans(workload)
+        for request in workload.requests:
+            heapq.heappush(self.events, (request.arrival_ms, next(self.seq), "arrive", request))
+        submitted: dict[str, float] = {}
+        outstanding: dict[str, int] = {}
+        latencies: list[float] = []
+        failed = 0
+        while self.events:
+            self.now, _, _kind, subject = heapq.heappop(self.events)
+            if isinstance(subject, TraceRequest):
+                try:
+                    first = entry_expert(self.manifest.entry, subject.metadata)
+                except RoutingError:
+                    failed += 1
+                    continue
+                submitted[subject.id] = self.now
+                outstanding[subject.id] = 1
+                engine.scheduler.add(Task(subject.id, first, self.now, next(self.seq)), self.now)
+            else:
+                batch = self.busy[subject.index]
+                assert batch is not None
+                self.busy[subject.index] = None
+                engine.caches[subject.processor_id].release(batch.expert)
+                engine.scheduler.batch_done(subject.index, self.now)
+                for task in batch.tasks:
+                    targets = plans[task.request_id][task.expert]
+                    outstanding[task.request_id] += len(targets) - 1
+                    for target in targets:
+                        engine.scheduler.add(Task(task.request_id, target, self.now, next(self.seq)), self.now)
+                    if outstanding[task.request_id] == 0:
+                        latencies.append(self.now - submitted.pop(task.request_id))
+                        del outstanding[task.request_id]
+            for executor in engine.executors:
+                if self.busy[executor.index] is not None:
+                    continue
+                next_batch = self.pending.pop(executor.index, None) or engine.scheduler.pop_batch(executor.index,
+                                                                                                  self.now)
+                if next_batch is not None and not self._start(executor, next_batch):
+                    self.pending[executor.index] = next_batch  # no room until a running batch releases its pin
+        report = engine.report(num_requests=len(workload), latencies_ms=latencies, wall_s=self.now / 1e3,
+                               since=since, simulated=True,
+                               errors={"no entry expert for metadata": failed} if failed else {})
+        return report, self.uses
 
-    def start(executor: ExecutorInfo, batch: Batch) -> bool:
-        nonlocal prefetch_free_at
-        cache = caches[executor.processor_id]
-        was_resident = cache.contains(batch.expert)
+    def _start(self, executor: ExecutorInfo, batch: Batch) -> bool:
+        """Start ``batch`` on ``executor`` if its expert can be made resident now."""
+        engine = self.engine
+        cache = engine.caches[executor.processor_id]
         got = cache.acquire(batch.expert, wait=False)
         if got is None:
             return False
-        uses.append(batch.expert)
-        run_ms = cost.exec_ms(batch.expert, executor.kind, len(batch.tasks))
-        if not was_resident:
-            wait_ms = load_ms(batch.expert, executor.processor_id)
+        self.uses.append(batch.expert)
+        run_ms = engine.cost.exec_ms(batch.expert, executor.kind, len(batch.tasks))
+        if not got.hit:
+            wait_ms = got.handle.load_ms
         else:
-            wait_ms = max(0.0, ready_at.get((executor.processor_id, batch.expert), 0.0) - now)
-        duration = wait_ms + run_ms
-        if timeline is not None:
+            wait_ms = max(0.0, self.ready_at.get((executor.processor_id, batch.expert), 0.0) - self.now)
+        if self.timeline is not None:
             if wait_ms > 0:
-                timeline.span("load", batch.expert, executor.index, now, wait_ms)
-            timeline.span(f"batch[{len(batch.tasks)}]", batch.expert, executor.index, now + wait_ms, run_ms)
-        busy[executor.index] = batch
-        heapq.heappush(events, (now + duration, next(seq), "finish", executor))
-        if prefetch_enabled(preset, executor.kind):
-            protect = frozenset(scheduler.queued_experts()) | {b.expert for b in busy.values() if b}
-            for loaded in maybe_prefetch(cache, likely_successors(manifest.experts[batch.expert]), protect=protect):
-                prefetch_free_at = max(prefetch_free_at, now) + load_ms(loaded, executor.processor_id)
-                ready_at[(executor.processor_id, loaded)] = prefetch_free_at
-                stats["prefetches"] += 1
+                self.timeline.span("load", batch.expert, executor.index, self.now, wait_ms)
+            self.timeline.span(f"batch[{len(batch.tasks)}]", batch.expert, executor.index, self.now + wait_ms,
+                               run_ms)
+        self.busy[executor.index] = batch
+        heapq.heappush(self.events, (self.now + (wait_ms + run_ms), next(self.seq), "finish", executor))
+        if engine.prefetches_on(executor.kind):
+            protect = frozenset(engine.scheduler.queued_experts()) | {b.expert for b in self.busy.values() if b}
+            successors = likely_successors(self.manifest.experts[batch.expert])
+            for loaded in engine.prefetch(executor.processor_id, successors, protect=protect):
+                # One prefetch channel: prefetches queue behind each other. NOTE: the cost comes
+                # from the loader's ledger: a later prefetch may already have evicted this one.
+                load_ms = self.loader.last_load_ms[(executor.processor_id, loaded)]
+                self.prefetch_free_at = max(self.prefetch_free_at, self.now) + load_ms
+                self.ready_at[(executor.processor_id, loaded)] = self.prefetch_free_at
         return True
-
-    while events:
-        now, _, kind, data = heapq.heappop(events)
-        if kind == "arrive":
-            request = data
-            try:
-                first = entry_expert(manifest.entry, request.metadata)  # type: ignore[attr-defined]
-            except ValueError:
-                failed += 1
-                continue
-            rid = request.id  # type: ignore[attr-defined]
-            submitted[rid] = now
-            outstanding[rid] = 1
-            scheduler.add(Task(rid, first, now, next(seq)), now)
-        else:
-            executor = data
-            batch = busy[executor.index]  # type: ignore[union-attr]
-            assert batch is not None
-            busy[executor.index] = None  # type: ignore[union-attr]
-            caches[executor.processor_id].release(batch.expert)  # type: ignore[union-attr]
-            scheduler.batch_done(executor.index, now)  # type: ignore[union-attr]
-            for task in batch.tasks:
-                targets = plans[task.request_id][task.expert]
-                outstanding[task.request_id] += len(targets) - 1
-                for target in targets:
-                    scheduler.add(Task(task.request_id, target, now, next(seq)), now)
-                if outstanding[task.request_id] == 0:
-                    latencies.append(now - submitted.pop(task.request_id))
-                    del outstanding[task.request_id]
-        for executor in executors:
-            if busy[executor.index] is not None:
-                continue
-            batch = pending.pop(executor.index, None) or scheduler.pop_batch(executor.index, now)
-            if batch is not None and not start(executor, batch):
-                pending[executor.index] = batch  # no room until a running batch releases its pin
-    makespan_s = now / 1e3
-    completed = len(latencies)
-    misses = sum(c.stats.num_misses for c in caches.values()) - baseline["misses"]
-    return Report(
-        policy=config.policy, package=manifest.name, num_requests=len(workload), num_completed=completed,
-        num_failed=len(workload) - completed, wall_s=makespan_s,
-        throughput_rps=completed / makespan_s if makespan_s > 0 else 0.0, latency_ms=latency_summary(latencies), latency_cdf_ms=latency_cdf(latencies),
-        num_switches=misses - stats["prefetches"],
-        num_hits=sum(c.stats.num_hits for c in caches.values()) - baseline["hits"],
-        num_prefetches=stats["prefetches"],
-        num_evictions=sum(c.stats.num_evictions for c in caches.values()) - baseline["evictions"],
-        bytes_loaded=sum(c.stats.bytes_loaded for c in caches.values()) - baseline["bytes"],
-        peak_bytes={p: c.stats.peak_bytes for p, c in caches.items()}, budget_bytes=dict(budgets),
-        executors={p.id: sum(1 for e in executors if e.processor_id == p.id) for p in profile.processors},
-        startup_s=0.0, simulated=True, profile=profile.name,
-        errors={"no entry expert for metadata": failed} if failed else {},
-    ), uses
-

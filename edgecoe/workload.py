@@ -24,23 +24,20 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edgecoe.errors import WorkloadError
 from edgecoe.package.manifest import Manifest, TensorSpec
+from edgecoe.schema import StrictModel
 
-TRACE_VERSION = 1
+TRACE_VERSION: Literal[1] = 1
 _MAX_REPORTED = 20
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SeededInput(_Strict):
+class SeededInput(StrictModel):
     seed: int = Field(ge=0)
     mean: float = 0.0
     std: float = Field(default=1.0, ge=0.0)
@@ -48,7 +45,7 @@ class SeededInput(_Strict):
     channel_offset: float = 0.0
 
 
-class InputSource(_Strict):
+class InputSource(StrictModel):
     """Where one input tensor of a request comes from: a ``.npy`` file or a seeded recipe."""
 
     file: str | None = None
@@ -61,7 +58,7 @@ class InputSource(_Strict):
         return self
 
 
-class TraceRequest(_Strict):
+class TraceRequest(StrictModel):
     """One request of a workload trace."""
 
     id: str = Field(min_length=1)
@@ -70,7 +67,7 @@ class TraceRequest(_Strict):
     inputs: dict[str, InputSource]
 
 
-class TraceHeader(_Strict):
+class TraceHeader(StrictModel):
     edgecoe_trace: Literal[1]
     package: str | None = None
     generator: dict[str, object] = Field(default_factory=dict)
@@ -95,8 +92,7 @@ class Workload:
         """Write as JSONL (header first)."""
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(self.header.model_dump(mode="json"), sort_keys=True) + "\n")
-            for request in self.requests:
-                fh.write(json.dumps(request.model_dump(mode="json", exclude_none=True), sort_keys=True) + "\n")
+            fh.writelines(json.dumps(request.model_dump(mode="json", exclude_none=True), sort_keys=True) + "\n" for request in self.requests)
 
 
 def read_workload(path: str | Path) -> Workload:
@@ -162,7 +158,7 @@ def distribution_shares(spec: str, values: list[str]) -> dict[str, float]:
             raise WorkloadError(f"distribution {spec!r}: zipf needs a positive skew, e.g. zipf:1.1")
         weights = np.array([1.0 / (rank ** skew) for rank in range(1, len(values) + 1)])
         weights /= weights.sum()
-        return {v: float(w) for v, w in zip(values, weights)}
+        return {v: float(w) for v, w in zip(values, weights, strict=False)}
     raise WorkloadError(f"unknown distribution {spec!r}; expected 'uniform' or 'zipf:S' (e.g. zipf:1.1)")
 
 
@@ -218,6 +214,7 @@ def generate_workload(
     shares = distribution_shares(dist, values)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(values), size=num_requests, p=np.array([shares[v] for v in values]))
+    arrivals: np.ndarray
     if rate_rps is None:
         arrivals = np.zeros(num_requests)
     elif arrival == "poisson":
@@ -231,7 +228,7 @@ def generate_workload(
     for i in range(num_requests):
         inputs = {}
         for spec in manifest.inputs:
-            offset: dict[str, float | int] = {}
+            offset: dict[str, Any] = {}
             if hints is not None and go_on is not None and spec.name == hints.input:
                 offset = {"channel": hints.channel,
                           "channel_offset": hints.go_on_offset if passes[i] else hints.stop_offset}

@@ -7,10 +7,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import chain_spec, write_spec  # noqa: E402
+from helpers import chain_spec, write_spec
 
-from edgecoe.demo import build_demo, find_recipe, load_recipe  # noqa: E402
-from edgecoe.export import export_package  # noqa: E402
+from edgecoe.demo import build_demo, find_recipe, load_recipe
+from edgecoe.export import export_package
 
 
 @pytest.fixture(scope="session", autouse=True)

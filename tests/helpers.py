@@ -130,10 +130,10 @@ def wide_package(
                 route = {"kind": "threshold", "output": "y", "threshold": 0.0, "above": nxt, "fraction_above": 0.5}
             elif kind == "fanout":
                 route = {"kind": "fanout", "next": sorted({nxt[0], f"s{(i + 1) % num_second}"})}
-            experts[f"f{i}"] = ExpertRecord.model_validate(dict(
-                architecture="first", model=record, inputs=[x],
-                outputs=[TensorSpec(name="y", dtype="float32", shape=["batch", 2])], usage_probability=0.0,
-                route=route))
+            experts[f"f{i}"] = ExpertRecord.model_validate({
+                "architecture": "first", "model": record, "inputs": [x],
+                "outputs": [TensorSpec(name="y", dtype="float32", shape=["batch", 2])], "usage_probability": 0.0,
+                "route": route})
         manifest = Manifest(
             name="wide", inputs=[TensorSpec(name="x", dtype="float32", shape=[width])],
             metadata={"kind": MetadataField(values=kinds)},
@@ -163,14 +163,95 @@ def _mlp(width: int, hidden: int, out: int, *, seed: int) -> onnx.ModelProto:
 
 
 def wait_idle(runtime, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    """Wait until no task is queued or running and no expert is pinned.
+    """Wait until the runtime is idle; fail the test if it never gets there."""
+    assert runtime.wait_idle(timeout_s), f"runtime not idle after {timeout_s} s"
 
-    Futures can resolve before the runtime is idle: a failed request's fan-out
-    sibling may still run, and a prefetch pins the expert it is loading.
+
+class FlakySession:
+    """A real session whose ``run`` first calls ``before_run(feeds)``, then raises when ``fail(feeds)`` says so."""
+
+    def __init__(self, session, fail, before_run) -> None:  # type: ignore[no-untyped-def]
+        self._session = session
+        self._fail = fail
+        self._before_run = before_run
+
+    def run(self, names, feeds):  # type: ignore[no-untyped-def]
+        if self._before_run is not None:
+            self._before_run(feeds)
+        if self._fail is not None and self._fail(feeds):
+            raise RuntimeError("injected run failure")
+        return self._session.run(names, feeds)
+
+
+class FaultyLoader:
+    """The real session loader, with faults injected on cue (:meth:`inject`).
+
+    Implements the expert-loader protocol by delegating to a ``SessionLoader``;
+    until :meth:`inject` is called it changes nothing (preloads stay clean).
     """
-    import time
 
-    deadline = time.monotonic() + timeout_s
-    while (runtime._needed or any(c.pins(e) for c in runtime.caches.values() for e in runtime.package.experts)) \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        from collections import Counter
+
+        self.inner = inner
+        self.created: Counter = Counter()
+        self.create_fails = None
+        self.run_fails = None
+        self.before_run = None
+
+    @classmethod
+    def around(cls, package, config, profile=None):  # type: ignore[no-untyped-def]
+        from edgecoe.loaders.session import SessionLoader
+        from edgecoe.profile import default_profile
+
+        return cls(SessionLoader(package, profile or default_profile(), config))
+
+    @property
+    def host(self):  # type: ignore[no-untyped-def]
+        return self.inner.host
+
+    def footprint_bytes(self, expert: str) -> int:
+        return self.inner.footprint_bytes(expert)
+
+    def load(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
+        self.created[expert] += 1
+        error = self.create_fails(expert) if self.create_fails else None
+        if error is not None:
+            raise error
+        loaded = self.inner.load(expert, processor_id)
+        if self.run_fails is None and self.before_run is None:
+            return loaded
+        run_fails, before_run = self.run_fails, self.before_run
+        fail = (lambda feeds: run_fails(expert, feeds)) if run_fails else None
+        before = (lambda feeds: before_run(expert, feeds)) if before_run else None
+        return replace(loaded, handle=FlakySession(loaded.handle, fail, before))
+
+    def unload(self, expert: str, loaded) -> None:  # type: ignore[no-untyped-def]
+        self.inner.unload(expert, loaded)
+
+    def inject(self, *, create_fails=None, run_fails=None, before_run=None):  # type: ignore[no-untyped-def]
+        """From now on: ``create_fails(expert)`` -> an exception to raise instead of loading
+        (or None); ``run_fails(expert, feeds)`` -> whether a run raises; ``before_run(expert,
+        feeds)`` is called before each run (a gate, a delay). Returns the per-expert load counter."""
+        self.create_fails, self.run_fails, self.before_run = create_fails, run_fails, before_run
+        self.created.clear()
+        return self.created
+
+
+def faulty_runtime(package, config, profile=None):  # type: ignore[no-untyped-def]
+    """A runtime serving through a :class:`FaultyLoader` (reach it as ``runtime.loader``)."""
+    from edgecoe.runtime import Runtime
+
+    return Runtime(package, config=config, profile=profile,
+                   loader=FaultyLoader.around(package, config, profile))
+
+
+def inject(runtime, **faults):  # type: ignore[no-untyped-def]
+    """Inject faults into a :func:`faulty_runtime`; experts preloaded before are unloaded
+    first, so every later load goes through the faults. Returns the load counter."""
+    created = runtime.loader.inject(**faults)
+    for cache in runtime.caches.values():
+        cache.clear()
+    return created

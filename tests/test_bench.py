@@ -7,8 +7,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edgecoe.bench import ABLATION, DEFAULT_POLICIES, entry_config, paper_package, run_bench
-from edgecoe.bench.report import sweep_points
+from edgecoe.bench import (
+    ABLATION,
+    DEFAULT_BENCH_ENTRIES,
+    entry_config,
+    paper_package,
+    run_bench,
+)
+from edgecoe.bench.report import SweepPoint, sweep_points
 from edgecoe.cli import main
 from edgecoe.errors import InvalidInputError
 from edgecoe.profiler.select import resolve_profile
@@ -43,9 +49,9 @@ def test_entries_map_to_configs():
 def test_simulated_bench_report_shape_and_ratios(paper):
     pkg, profile = paper
     trace = generate_workload(pkg.manifest, num_requests=600, rate_rps=250, arrival="uniform", seed=2)
-    result = run_bench(pkg, trace, entries=list(DEFAULT_POLICIES), budget="20%", profile=profile, simulate=True)
+    result = run_bench(pkg, trace, entries=list(DEFAULT_BENCH_ENTRIES), budget="20%", profile=profile, simulate=True)
     data = result.to_dict()
-    assert set(data["entries"]) == set(DEFAULT_POLICIES)
+    assert set(data["entries"]) == set(DEFAULT_BENCH_ENTRIES)
     assert data["simulated"] is True and data["budget_bytes"] == int(result.total_footprint_bytes * 0.2)
     for name, entry in data["entries"].items():
         report = result.reports[name]
@@ -70,10 +76,12 @@ def test_ablation_runs_in_order(paper):
 
 
 def test_sweep_points_parse_and_reject():
-    assert sweep_points(None) == [("", {})]
-    assert sweep_points("budget=10,50") == [("budget=10%", {"budget": "10%"}), ("budget=50%", {"budget": "50%"})]
-    assert sweep_points("skew=0.8")[0][1] == {"dist": "zipf:0.8"}
-    assert sweep_points("executors=2")[0][1] == {"executors": 2}
+    assert sweep_points(None) == [SweepPoint("")]
+    assert sweep_points("budget=10,50") == [SweepPoint("budget=10%", budget="10%"),
+                                            SweepPoint("budget=50%", budget="50%")]
+    assert sweep_points("skew=0.8")[0] == SweepPoint("skew=zipf:0.8", dist="zipf:0.8")
+    assert sweep_points("executors=2")[0] == SweepPoint("executors=2", num_executors=2)
+    assert sweep_points("rate=120")[0].rate_rps == 120.0
     with pytest.raises(InvalidInputError, match="KIND one of"):
         sweep_points("color=red")
     with pytest.raises(InvalidInputError, match="not a number"):

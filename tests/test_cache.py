@@ -146,7 +146,7 @@ def test_expert_larger_than_budget_is_an_error_naming_both():
 
 
 def test_load_failure_restores_accounting_and_others_continue():
-    cache, loader = make_cache(loader=FakeLoader(fail={"b"}))
+    cache, _loader = make_cache(loader=FakeLoader(fail={"b"}))
     use(cache, "a")
     with pytest.raises(CacheLoadError, match="'b'.*corrupt model"):
         cache.acquire("b")
@@ -220,7 +220,7 @@ def test_budget_never_exceeded_in_long_random_run(policy):
 def test_belady_switches_no_more_than_lru():
     rng = random.Random(3)
     names = [f"e{i}" for i in range(12)]
-    sizes = {n: 10 for n in names}
+    sizes = dict.fromkeys(names, 10)
     future = [rng.choice(names[:4]) if rng.random() < 0.7 else rng.choice(names) for _ in range(600)]
     misses = {}
     for policy in ("lru", "belady"):

@@ -20,8 +20,8 @@ def test_inspect_table_and_json(pcb_small):
     result = runner.invoke(main, ["inspect", str(pcb_small)])
     assert result.exit_code == 0, result.output
     assert "20 experts" in result.output and "det-0201-00" in result.output
-    result = runner.invoke(main, ["inspect", "--json", str(pcb_small)])
-    data = json.loads(result.output)
+    result = runner.invoke(main, ["inspect", "--json", "-", str(pcb_small)])
+    data = json.loads(result.stdout)  # nothing but JSON on standard output
     assert data["num_experts"] == 20
     assert data["experts"]["det-0201-00"]["dependencies"]
     assert set(data["architectures"]) == {"resnet-xs", "resnet-s", "yolo-s"}
@@ -67,9 +67,9 @@ def test_export_command(tmp_path):
 def test_run_serves_and_writes_documented_report(pcb_small, tmp_path):
     out = tmp_path / "report.json"
     result = CliRunner().invoke(main, ["run", str(pcb_small), "--policy", "edgecoe", "--budget", "30%",
-                                       "--requests", "40", "--rate", "400", "--report", str(out)])
+                                       "--requests", "40", "--rate", "400", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    assert "completed 40/40" in result.output and "built-in defaults" in result.output
+    assert "completed 40/40" in result.output and "device profile:" in result.output
     data = json.loads(out.read_text())
     for key in ("policy", "num_requests", "num_completed", "num_failed", "throughput_rps", "latency_ms",
                 "num_switches", "num_hits", "bytes_loaded", "peak_bytes"):
@@ -80,7 +80,7 @@ def test_run_serves_and_writes_documented_report(pcb_small, tmp_path):
 
 def test_run_rejects_bad_flags_in_one_line(pcb_small):
     result = CliRunner().invoke(main, ["run", str(pcb_small), "--policy", "fastest"])
-    assert result.exit_code == 2 and "unknown policy 'fastest'" in result.output
+    assert result.exit_code == 2 and "'fastest' is not one of 'samba'" in result.output
     result = CliRunner().invoke(main, ["run", str(pcb_small), "--budget", "lots"])
     assert result.exit_code == 2 and "budget 'lots'" in result.output
 
@@ -103,6 +103,12 @@ def test_run_rejects_bad_flags_in_one_line(pcb_small):
     (["profile", "{pkg}", "--device", "tpu", "-o", "{tmp}/p.json"], "tpu"),
     (["workload", "check", "{tmp}/garbage.json"], "garbage.json"),
     (["bench", "{pkg}", "--policies", "samba,fastest"], "fastest"),
+    (["run", "{pkg}", "--json", "{tmp}/no-dir/r.json"], "no-dir does not exist"),
+    (["bench", "{pkg}", "--json", "{tmp}/no-dir/b.json"], "no-dir does not exist"),
+    (["bench", "{pkg}", "--plots", "{tmp}/garbage.json"], "is a file"),
+    (["bench", "{pkg}", "--plots", "{tmp}/no-dir/plots"], "no-dir does not exist"),
+    (["inspect", "{pkg}", "--json", "{tmp}"], "is a directory"),
+    (["--log-level", "loud", "inspect", "{pkg}"], "--log-level"),
 ])
 def test_every_user_mistake_is_one_line_and_nonzero(args, says, pcb_small, tmp_path):
     (tmp_path / "garbage.json").write_text("{ not json")
@@ -113,3 +119,62 @@ def test_every_user_mistake_is_one_line_and_nonzero(args, says, pcb_small, tmp_p
     assert len(lines) == 1, result.output
     assert lines[0].startswith("error: ") and says in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_run_json_to_stdout_is_pure_json(pcb_small):
+    result = CliRunner().invoke(main, ["run", str(pcb_small), "--budget", "30%", "--requests", "10", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["num_completed"] == 10 and data["package"] == "pcb-small"
+    assert "completed 10/10" in result.stderr  # the human-readable text went to standard error
+
+
+def test_report_is_the_old_name_of_json(pcb_small, tmp_path):
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["run", str(pcb_small), "--budget", "30%", "--requests", "5",
+                                       "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["num_requests"] == 5
+
+
+def test_plots_without_matplotlib_fail_before_any_work(pcb_small, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    result = CliRunner().invoke(main, ["bench", str(pcb_small), "--plots", str(tmp_path / "plots")])
+    assert result.exit_code == 2 and "pip install 'edgecoe[plots]'" in result.output
+    assert "req/s" not in result.output and not (tmp_path / "plots").exists()
+
+
+def _commands(group, prefix=()):  # type: ignore[no-untyped-def]
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield " ".join((*prefix, name)), command
+
+
+def test_every_option_has_help_and_every_command_an_example():
+    import click
+
+    for name, command in _commands(main):
+        assert command.epilog and "Examples:" in command.epilog, f"{name} has no example"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts} has no help"
+        text = CliRunner().invoke(main, [*name.split(), "--help"]).output
+        assert "%%" not in text and "Examples:" in text, text
+
+
+def test_log_level_sets_edgecoe_logging(pcb_small):
+    import logging
+
+    result = CliRunner().invoke(main, ["--log-level", "debug", "inspect", str(pcb_small), "--quick"])
+    assert result.exit_code == 0, result.output
+    assert logging.getLogger("edgecoe").level == logging.DEBUG
+    CliRunner().invoke(main, ["-v", "inspect", str(pcb_small), "--quick"])
+    assert logging.getLogger("edgecoe").level == logging.INFO
+    CliRunner().invoke(main, ["inspect", str(pcb_small), "--quick"])
+    assert logging.getLogger("edgecoe").level == logging.WARNING

@@ -9,7 +9,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import chain_spec, linear_model, save_external, two_in_two_out_model, write_spec
+from helpers import (
+    chain_spec,
+    linear_model,
+    save_external,
+    two_in_two_out_model,
+    write_spec,
+)
 
 from edgecoe.errors import ExportError, SpecError, VerificationError
 from edgecoe.export import export_package

@@ -5,7 +5,7 @@ from pathlib import Path
 from edgecoe.cache.host import HostStore
 from edgecoe.config import RuntimeConfig
 from edgecoe.package import load_package
-from edgecoe.profiler.schema import DeviceProfile, ProcessorProfile
+from edgecoe.profile import DeviceProfile, ProcessorProfile
 from edgecoe.runtime import Runtime
 from edgecoe.workload import generate_workload
 

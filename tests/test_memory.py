@@ -28,3 +28,39 @@ def test_evicted_sessions_memory_comes_back_after_trim(pcb_small):
     left = rss_bytes() - start
     assert grown > 50e6
     assert left < 0.3 * grown, f"{left / 1e6:.0f} MB of {grown / 1e6:.0f} MB still resident after malloc_trim"
+
+
+def test_pss_and_system_memory_are_consistent():
+    from edgecoe.memory import available_memory_bytes, total_memory_bytes
+
+    assert 0 < process_memory_bytes() <= rss_bytes() * 1.05  # PSS counts shared pages fractionally
+    assert 0 < available_memory_bytes() <= total_memory_bytes()
+
+
+def test_gpu_memory_through_nvml(monkeypatch):
+    """The NVML path, with a stand-in for the library (no GPU here): used and total of
+    the asked device, NVML shut down again, and None when NVML fails or is absent."""
+    import types
+
+    from edgecoe import memory
+
+    calls = []
+
+    class NVMLError(Exception):
+        pass
+
+    def handle(index):  # type: ignore[no-untyped-def]
+        if index > 0:
+            raise NVMLError("no such device")
+        return "gpu0"
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlInit=lambda: calls.append("init"), nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlDeviceGetHandleByIndex=handle,
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=3 << 30, total=12 << 30))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert memory.cuda_memory_used_bytes(0) == 3 << 30 and memory.cuda_total_memory_bytes(0) == 12 << 30
+    assert calls == ["init", "shutdown", "init", "shutdown"]
+    assert memory.cuda_total_memory_bytes(1) is None and calls[-1] == "shutdown"
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    assert memory.cuda_total_memory_bytes(0) is None

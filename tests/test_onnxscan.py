@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecoe.errors import OnnxFileError
-from edgecoe.onnxmodel import custom_domains, external_locations
-from edgecoe.onnxscan import scan_model, scanned_custom_domains
+from edgecoe.package.onnxmodel import custom_domains, external_locations
+from edgecoe.package.onnxscan import scan_model, scanned_custom_domains
 
 
 def nested_model() -> onnx.ModelProto:

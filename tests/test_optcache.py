@@ -82,7 +82,7 @@ def test_runtime_results_are_the_same_with_and_without_the_cache(tmp_path):
             futures = [runtime.submit(x, {"kind": f"k{i % 4}"}) for i, x in enumerate(items)]
             outputs[cached] = [f.result(timeout=60) for f in futures]
             if cached:
-                assert runtime._optcache is not None and runtime._optcache.hits > 0
-    for a, b in zip(outputs[False], outputs[True]):
+                assert runtime.loader.optcache is not None and runtime.loader.optcache.hits > 0
+    for a, b in zip(outputs[False], outputs[True], strict=False):
         assert a.path == b.path
         np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-5, atol=1e-6)

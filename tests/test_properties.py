@@ -21,7 +21,7 @@ from edgecoe.cache import ExpertCache, create_eviction_policy
 from edgecoe.config import RuntimeConfig
 from edgecoe.errors import InvalidInputError
 from edgecoe.package import load_package
-from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile, ProcessorProfile
+from edgecoe.profile import ArchitectureCost, DeviceProfile, ProcessorProfile
 from edgecoe.runtime import Runtime
 from edgecoe.sched import PRESETS
 from edgecoe.sched.prefetch import maybe_prefetch
@@ -42,7 +42,7 @@ def cache_scenarios(draw):  # type: ignore[no-untyped-def]
     protect = draw(st.sets(st.sampled_from(names)))
     wanted = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3))
     policy = draw(st.sampled_from(["lru", "fifo", "coserve"]))
-    return dict(zip(names, sizes)), budget, history, pinned, protect, wanted, policy
+    return dict(zip(names, sizes, strict=False)), budget, history, pinned, protect, wanted, policy
 
 
 @given(cache_scenarios())
@@ -72,8 +72,8 @@ def test_prefetch_never_evicts_a_needed_or_pinned_expert(scenario):
 @st.composite
 def runtime_scenarios(draw):  # type: ignore[no-untyped-def]
     num_first = draw(st.integers(2, 6))
-    shape = dict(num_first=num_first, num_second=draw(st.integers(0, 3)), routes=draw(ROUTES),
-                 seed=draw(st.integers(0, 1000)))
+    shape = {"num_first": num_first, "num_second": draw(st.integers(0, 3)), "routes": draw(ROUTES),
+                 "seed": draw(st.integers(0, 1000))}
     kinds = draw(st.lists(st.integers(0, num_first - 1), min_size=1, max_size=40))
     config = RuntimeConfig(policy=draw(st.sampled_from(sorted(PRESETS))),
                            budget=f"{draw(st.integers(35, 100))}%",
@@ -101,7 +101,7 @@ def test_runtime_invariants_on_random_packages(scenario):
                                     request_id=f"r{i}")
             future.add_done_callback(lambda f, i=i: endings.update([i]))
             futures.append(future)
-        done, not_done = wait(futures, timeout=60)
+        _done, not_done = wait(futures, timeout=60)
         assert not not_done
         assert all(f.exception() is None for f in futures)
         wait_idle(runtime, 60)  # a prefetch may still hold the pin of the expert it loads
@@ -109,7 +109,7 @@ def test_runtime_invariants_on_random_packages(scenario):
             assert cache.stats.peak_bytes <= cache.budget_bytes
             cache.check()
             assert all(cache.pins(e) == 0 for e in pkg.experts)
-        assert not runtime._needed and len(runtime.scheduler) == 0
+        assert len(runtime.scheduler) == 0
         outcome = runtime.close()
         assert outcome.cancelled == [] and outcome.failed == {}
     assert sorted(endings) == list(range(len(kinds))) and set(endings.values()) == {1}

@@ -3,9 +3,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecoe.package.manifest import ArgmaxRoute, EntryRule, FanoutRoute, StopRoute, ThresholdRoute
-from edgecoe.package.routing import ExpertGraph, RoutingError, entry_expert, next_experts
 from edgecoe.package import load_package
+from edgecoe.package.manifest import (
+    ArgmaxRoute,
+    EntryRule,
+    FanoutRoute,
+    StopRoute,
+    ThresholdRoute,
+)
+from edgecoe.package.routing import (
+    ExpertGraph,
+    RoutingError,
+    entry_expert,
+    next_experts,
+)
 
 
 def test_entry_expert_maps_value_and_default():

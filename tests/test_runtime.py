@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import threading
 import warnings
+from concurrent.futures import wait
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import faulty_runtime, inject
 
 import edgecoe
 from edgecoe.config import RuntimeConfig, parse_budget
-from edgecoe.errors import InvalidInputError
+from edgecoe.errors import InvalidInputError, RequestCancelled, RequestError
 from edgecoe.package import load_package, next_experts
-from edgecoe.profiler.schema import ProcessorProfile
+from edgecoe.profile import ProcessorProfile
 from edgecoe.providers import (
     ProviderUnavailableError,
     choose_providers,
@@ -22,7 +24,6 @@ from edgecoe.providers import (
     create_session,
     validate_session_config,
 )
-from edgecoe.results import RequestError
 from edgecoe.runtime import Runtime
 from edgecoe.sched import PRESETS
 from edgecoe.workload import generate_workload, materialize
@@ -40,7 +41,7 @@ def sequential_reference(pkg, image, component_type):
     while True:
         session = ort.InferenceSession(str(pkg.model_path(expert)), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        outputs = dict(zip(names, session.run(names, {"image": image[None]})))
+        outputs = dict(zip(names, session.run(names, {"image": image[None]}), strict=False))
         path.append(expert)
         targets = next_experts(pkg.experts[expert].route, outputs, 0)
         if not targets:
@@ -83,11 +84,20 @@ def test_no_request_lost_or_duplicated_and_budget_kept(pkg, policy):
 
 
 def test_edgecoe_switches_less_than_samba_on_a_queued_trace(pkg):
+    """The same 200 requests queued before anything runs (the first run waits at a gate until
+    all are submitted), so each policy sees the whole queue: edgecoe groups, samba does not."""
     trace = generate_workload(pkg.manifest, num_requests=200, dist="zipf:1.1", seed=4)
+    items = [(materialize(r, pkg.manifest.inputs, Path("."))["image"], r.metadata) for r in trace.requests]
     switches = {}
     for policy in ("samba", "edgecoe"):
-        with Runtime(pkg, config=RuntimeConfig(policy=policy, budget="25%")) as runtime:
-            switches[policy] = runtime.run(trace).num_switches
+        with faulty_runtime(pkg, RuntimeConfig(policy=policy, budget="25%")) as runtime:
+            gate = threading.Event()
+            inject(runtime, before_run=lambda expert, feeds, gate=gate: gate.wait(60))
+            before = runtime.caches["cpu"].stats.num_misses
+            futures = [runtime.submit({"image": image}, meta) for image, meta in items]
+            gate.set()
+            assert all(f.exception(timeout=120) is None for f in futures)
+            switches[policy] = runtime.caches["cpu"].stats.num_misses - before
     assert switches["edgecoe"] < switches["samba"] / 2
 
 
@@ -160,15 +170,25 @@ def test_failure_error_names_expert_and_cause(pcb_small, tmp_path):
 
 
 def test_close_without_drain_cancels_queued(pkg):
-    runtime = Runtime(pkg, config=RuntimeConfig(policy="samba", budget="25%"))
+    """The only executor is held in its first run; every request queued behind it is cancelled."""
+    runtime = faulty_runtime(pkg, RuntimeConfig(policy="samba", budget="25%"))
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(expert, feeds):  # type: ignore[no-untyped-def]
+        entered.set()
+        assert gate.wait(60)
+
+    inject(runtime, before_run=hold)
     image = np.zeros((3, 64, 64), np.float32)
-    futures = [runtime.submit({"image": image}, {"component_type": t})
-               for t in list(pkg.manifest.entry.experts) * 3]
+    types = list(pkg.manifest.entry.experts) * 3
+    futures = [runtime.submit({"image": image}, {"component_type": types[0]})]
+    assert entered.wait(60)
+    futures += [runtime.submit({"image": image}, {"component_type": t}) for t in types[1:]]
+    threading.Timer(0.0, lambda: (wait(futures[1:], timeout=60), gate.set())).start()
     runtime.close(drain=False)
-    outcomes = [f.exception(timeout=30) for f in futures]
-    cancelled = [e for e in outcomes if e is not None]
-    assert all("cancelled" in str(e) for e in cancelled)
-    assert len(futures) == len(cancelled) + sum(1 for e in outcomes if e is None)
+    cancelled = [f for f in futures if isinstance(f.exception(timeout=30), RequestCancelled)]
+    assert cancelled == futures[1:]  # exactly the queued ones
+    assert futures[0].result(timeout=30).path[0] == pkg.manifest.entry.experts[types[0]]
     with pytest.raises(RuntimeError, match="closed"):
         runtime.submit({"image": image}, {"component_type": "res-0201"})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgecoe.profile import ArchitectureCost, DeviceProfile, ProcessorProfile
 from edgecoe.sched import (
     PRESETS,
     SCHEDULERS,
@@ -13,7 +14,6 @@ from edgecoe.sched import (
     create_scheduler,
     get_preset,
 )
-from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile, ProcessorProfile
 
 EXPERTS = {"a": "arch", "b": "arch", "c": "arch", "big": "big"}
 
@@ -25,7 +25,7 @@ def cost_model(resident: set[tuple[str, str]] = frozenset(), *, max_batch=4, ite
                                                 item_bytes=item_bytes)},
                "big": {"cpu": ArchitectureCost(k_ms=1.0, b_ms=2.0, max_batch=max_batch, load_ms=50.0,
                                                item_bytes=item_bytes)}})
-    return CostModel(architecture_of=EXPERTS, bytes_of={e: 1_000_000 for e in EXPERTS}, profile=profile,
+    return CostModel(architecture_of=EXPERTS, bytes_of=dict.fromkeys(EXPERTS, 1000000), profile=profile,
                      resident=lambda e, p: (e, p) in resident, max_batch_cap=cap)
 
 
@@ -116,7 +116,7 @@ def test_batching_off_caps_batches_at_one():
 
 
 def test_edgecoe_joins_resident_group_where_coserve_switches_on_idle_executor():
-    """DESIGN §2's weak spot: makespan sends a task to an idle executor that must load,
+    """docs/background.md's weak spot: makespan sends a task to an idle executor that must load,
     although the executor holding its expert would finish it almost at once."""
     ex = [ExecutorInfo(0, "gpu-a", "cpu"), ExecutorInfo(1, "gpu-b", "cpu")]
     choices = {}

@@ -13,7 +13,7 @@ from edgecoe.config import RuntimeConfig
 from edgecoe.errors import InvalidInputError
 from edgecoe.package import load_package
 from edgecoe.package.manifest import ArgmaxRoute, ThresholdRoute
-from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile, ProcessorProfile
+from edgecoe.profile import ArchitectureCost, DeviceProfile, ProcessorProfile
 from edgecoe.sched import PRESETS
 from edgecoe.sim import sample_next, simulate
 from edgecoe.workload import generate_workload

@@ -7,7 +7,12 @@ import pytest
 
 from edgecoe.errors import WorkloadError
 from edgecoe.package import load_package
-from edgecoe.workload import distribution_shares, generate_workload, materialize, read_workload
+from edgecoe.workload import (
+    distribution_shares,
+    generate_workload,
+    materialize,
+    read_workload,
+)
 
 
 def test_distribution_shares():

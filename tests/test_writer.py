@@ -53,10 +53,9 @@ def test_killed_build_leaves_no_valid_package(tmp_path):
 
 
 def test_exception_inside_writer_removes_temp(tmp_path):
-    with pytest.raises(RuntimeError):
-        with PackageWriter(tmp_path / "pkg") as writer:
-            writer.write_bytes("experts/a.bin", b"123")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), PackageWriter(tmp_path / "pkg") as writer:
+        writer.write_bytes("experts/a.bin", b"123")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -67,8 +66,7 @@ def test_failed_validation_keeps_destination_untouched(chain_package):
     def reject(root: Path) -> None:
         raise ValueError("not good enough")
 
-    with pytest.raises(ValueError):
-        with PackageWriter(chain_package, overwrite=True) as writer:
-            writer.commit(manifest, validate=reject)
+    with pytest.raises(ValueError), PackageWriter(chain_package, overwrite=True) as writer:
+        writer.commit(manifest, validate=reject)
     assert {p.name: p.stat().st_mtime_ns for p in chain_package.rglob("*")} == before
     load_package(chain_package)

@@ -10,48 +10,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from edgecoe.config import RuntimeConfig, parse_budget
+from edgecoe.config import RuntimeConfig
+from edgecoe.engine import apply_budget
 from edgecoe.errors import InvalidInputError
+from edgecoe.loaders.simulated import CostModelLoader
 from edgecoe.package import Package
-from edgecoe.profiler.schema import DeviceProfile
+from edgecoe.profile import DeviceProfile, default_profile
 from edgecoe.results import Report, machine_info
-from edgecoe.runtime import Runtime, default_profile
+from edgecoe.runtime import Runtime
 from edgecoe.sched.cost import default_architecture_cost
+from edgecoe.sched.presets import get_bench_entry
 from edgecoe.timeline import Timeline
 from edgecoe.workload import Workload
 
-#: Bench entries beyond the presets: an eviction reference and the upper bound.
-EXTRA_ENTRIES = ("belady", "all-resident")
-DEFAULT_POLICIES = ("samba", "samba-fifo", "samba-parallel", "coserve", "edgecoe", "belady", "all-resident")
-#: The paper's ablation order, ending with ours.
-ABLATION = ("none", "+expert-management", "+arranging", "+assigning", "+prefetch")
-
 
 def entry_config(name: str, budget_bytes: int, all_bytes: int) -> RuntimeConfig:
-    """The runtime configuration behind a bench entry name.
+    """The runtime configuration behind a bench entry name (see ``BENCH_ENTRIES``).
+
+    Args:
+        budget_bytes: the bench's expert budget.
+        all_bytes: a budget that holds every expert (for the all-resident bound).
 
     Raises:
-        InvalidInputError: unknown name.
+        InvalidInputError: unknown name, listing the valid ones.
     """
-    base = RuntimeConfig(budget=budget_bytes)
-    presets = {"samba", "samba-fifo", "samba-parallel", "coserve", "edgecoe"}
-    if name in presets:
-        return replace(base, policy=name)
-    if name == "belady":  # edgecoe scheduling with the offline-optimal eviction, as a reference
-        return replace(base, policy="edgecoe", eviction="belady")
-    if name == "all-resident":  # every expert preloaded, nothing ever switched: the upper bound
-        return replace(base, policy="edgecoe", budget=all_bytes, preload=True)
-    ablation = {
-        "none": replace(base, policy="samba-parallel"),
-        "+expert-management": replace(base, policy="samba-parallel", eviction="coserve", preload=True),
-        "+arranging": replace(base, policy="samba-parallel", eviction="coserve", preload=True, scheduler="arrange"),
-        "+assigning": replace(base, policy="coserve"),
-        "+prefetch": replace(base, policy="coserve", prefetch=True),
-    }
-    if name in ablation:
-        return ablation[name]
-    valid = ", ".join([*sorted(presets), *EXTRA_ENTRIES, *ABLATION])
-    raise InvalidInputError(f"unknown bench entry {name!r}; valid: {valid}")
+    try:
+        entry = get_bench_entry(name)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    config = RuntimeConfig(policy=entry.policy, budget=all_bytes if entry.all_resident else budget_bytes)
+    return replace(config, **dict(entry.overrides))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -99,38 +87,54 @@ def shared_profile(pkg: Package, profile: DeviceProfile | None, budget: str | in
 
     Footprints come from the profile where it has them; otherwise they are
     measured once here, so every entry sees the same bytes.
+
+    Returns:
+        (the profile with footprints and budgets set, the budget in bytes, all experts' footprint in bytes).
     """
+    from edgecoe.loaders.session import SessionLoader
+
     base = profile or default_profile()
     kind = base.processors[0].kind
     archs = {e.architecture: n for n, e in pkg.experts.items()}
+    missing = [a for a in archs if not _footprint_known(base, a, kind)]
     footprints: dict[str, int] = {}
-    missing = [a for a in archs if not (base.cost(a, kind) and base.cost(a, kind).footprint_bytes)]  # type: ignore[union-attr]
     if missing:
-        probe = Runtime(pkg, config=RuntimeConfig(policy="samba", budget="100%", preload=False), profile=base)
-        try:
-            footprints = {a: probe.footprint(archs[a]) for a in missing}
-        finally:
-            probe.close()
+        probe = SessionLoader(pkg, base, RuntimeConfig(policy="samba", preload=False))
+        footprints = {a: probe.footprint_bytes(archs[a]) for a in missing}
     costs = {arch: dict(by_kind) for arch, by_kind in base.costs.items()}
     for arch, size in footprints.items():
         current = base.cost(arch, kind)
         costs.setdefault(arch, {})[kind] = (current.model_copy(update={"footprint_bytes": size}) if current else
                                             default_architecture_cost(pkg.experts[archs[arch]].total_bytes, size))
     fixed = base.model_copy(update={"costs": costs})
-    total = sum((fixed.cost(e.architecture, kind).footprint_bytes or e.total_bytes)  # type: ignore[union-attr]
-                for e in pkg.experts.values())
-    budget_bytes = parse_budget(budget, total_bytes=total)
-    processors = [p.model_copy(update={"budget_bytes": budget_bytes}) for p in fixed.processors]
-    return fixed.model_copy(update={"processors": processors}), budget_bytes, total
+    total = sum(CostModelLoader(pkg.manifest, fixed.model_copy(update={"processors": fixed.processors[:1]}))
+                .footprint_bytes(n) for n in pkg.experts)
+    return _with_budget(fixed, budget, total)
+
+
+def _footprint_known(profile: DeviceProfile, architecture: str, kind: str) -> bool:
+    cost = profile.cost(architecture, kind)
+    return cost is not None and bool(cost.footprint_bytes)
+
+
+def _with_budget(profile: DeviceProfile, budget: str | int, total: int) -> tuple[DeviceProfile, int, int]:
+    budgeted = apply_budget(profile, budget, total_bytes=total)
+    return budgeted, budgeted.processors[0].budget_bytes, total
 
 
 def run_bench(
     pkg: Package, trace: Workload, *, entries: list[str], budget: str | int = "25%",
     profile: DeviceProfile | None = None, simulate: bool = False, seed: int = 0,
     num_executors: int | None = None, on_report: Callable[[str, Report], None] | None = None,
-    timelines: dict[str, Timeline] | None = None,
+    timelines: dict[str, Timeline] | None = None, on_warm: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> BenchResult:
     """Run every entry on the same trace and budget; see :func:`entry_config`.
+
+    Args:
+        on_report: called with each entry's report as it finishes.
+        on_warm: progress of warming the optimized-model cache (experts done, all).
+        on_progress: progress of a real entry (entry, requests finished, requests).
 
     Raises:
         InvalidInputError: an unknown entry, or simulated mode without a profile with costs.
@@ -142,10 +146,10 @@ def run_bench(
     fixed, budget_bytes, total = shared_profile(pkg, profile, budget) if not simulate else _sim_profile(
         pkg, profile, budget)  # type: ignore[arg-type]
     if not simulate:
+        from edgecoe.loaders.session import SessionLoader
+
         # Every entry starts from the same warm optimized-model cache, as a deployed runtime does.
-        with Runtime(pkg, config=RuntimeConfig(policy="samba", budget=total + 1, preload=False),
-                     profile=fixed) as probe:
-            probe.warm_optimized_cache()
+        SessionLoader(pkg, fixed, RuntimeConfig(policy="samba", preload=False)).warm_optimized_cache(on_warm)
     result = BenchResult(package=pkg.name, trace=dict(trace.header.generator) | {"num_requests": len(trace)},
                          budget_bytes=budget_bytes, total_footprint_bytes=total, simulated=simulate)
     for name in entries:
@@ -160,8 +164,10 @@ def run_bench(
 
             report = run_sim(pkg.manifest, fixed, trace, config=config, seed=seed, timeline=timeline)
         else:
+            if on_progress is not None:
+                on_progress(name, 0, len(trace))  # start-up (preload) can take seconds
             with Runtime(pkg, config=config, profile=fixed, timeline=timeline) as runtime:
-                report = runtime.run(trace)
+                report = runtime.run(trace, progress=_for_entry(on_progress, name))
         report.policy = name
         result.reports[name] = report
         if on_report:
@@ -169,17 +175,16 @@ def run_bench(
     return result
 
 
+def _for_entry(on_progress: Callable[[str, int, int], None] | None,
+               name: str) -> Callable[[int, int], None] | None:
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress(name, done, total)
+
+
 def _sim_profile(pkg: Package, profile: DeviceProfile, budget: str | int) -> tuple[DeviceProfile, int, int]:
-    kind = profile.processors[0].kind
-    total = 0
-    for record in pkg.experts.values():
-        cost = profile.cost(record.architecture, kind)
-        if cost is None:
-            raise InvalidInputError(f"profile {profile.name} has no {kind} costs for architecture {record.architecture!r}")
-        total += cost.footprint_bytes or record.total_bytes
-    budget_bytes = parse_budget(budget, total_bytes=total)
-    first = profile.processors[0].model_copy(update={"budget_bytes": budget_bytes})
-    return profile.model_copy(update={"processors": [first, *profile.processors[1:]]}), budget_bytes, total
+    loader = CostModelLoader(pkg.manifest, profile)
+    return _with_budget(profile, budget, sum(loader.footprint_bytes(n) for n in pkg.experts))
 
 
 def processors_summary(profile: DeviceProfile) -> str:

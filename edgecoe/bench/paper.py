@@ -1,7 +1,7 @@
 """The CoServe paper's setting as a synthetic package, for the simulated bench.
 
 ~350 experts: one ResNet101 classifier per component type and YOLOv5m/l
-detectors each shared by several types (DESIGN.md §1); no files — the
+detectors each shared by several types (docs/background.md); no files — the
 simulator needs only the manifest and a device profile's costs (the
 reference profiles in ``device_profiles/`` hold ResNet101 / YOLOv5 figures).
 """
@@ -18,6 +18,7 @@ from edgecoe.package.manifest import (
     FileRecord,
     Manifest,
     MetadataField,
+    RequestInput,
     TensorSpec,
 )
 from edgecoe.package.routing import ExpertGraph, declared_usage_probabilities
@@ -43,7 +44,7 @@ def paper_package(*, num_types: int = 300, num_detectors: int = 50, pass_fractio
                                           TensorSpec(name="logits", dtype="float32", shape=["batch", 2]))
     manifest = Manifest(
         name=f"paper-coe-{num_types + num_detectors}", description="synthetic: CoServe's circuit-board CoE shape",
-        inputs=[TensorSpec(name="image", dtype="float32", shape=[3, 224, 224])],
+        inputs=[RequestInput(name="image", dtype="float32", shape=[3, 224, 224])],
         metadata={"component_type": MetadataField(values=types, distribution=distribution_shares(dist, types))},
         entry=EntryRule(key="component_type", experts={t: f"cls-{t}" for t in types}), experts=experts,
     )
@@ -54,9 +55,9 @@ def paper_package(*, num_types: int = 300, num_detectors: int = 50, pass_fractio
 
 
 def _record(arch: str, name: str, image: TensorSpec, route: ArgmaxRoute | None, output: TensorSpec) -> ExpertRecord:
-    fields: dict[str, object] = dict(
-        architecture=arch, model=FileRecord(path=f"experts/{name}.onnx", bytes=_SIZES[arch], sha256="0" * 64),
-        inputs=[image], outputs=[output], usage_probability=0.0, source="synthetic (paper setting)")
+    fields: dict[str, object] = {
+        "architecture": arch, "model": FileRecord(path=f"experts/{name}.onnx", bytes=_SIZES[arch], sha256="0" * 64),
+        "inputs": [image], "outputs": [output], "usage_probability": 0.0, "source": "synthetic (paper setting)"}
     if route is not None:
         fields["route"] = route
     return ExpertRecord.model_validate(fields)

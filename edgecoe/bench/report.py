@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -9,32 +10,47 @@ from rich.table import Table
 
 from edgecoe.bench.harness import BenchResult
 from edgecoe.errors import InvalidInputError
-from edgecoe.results import CDF_PERCENTILES
+from edgecoe.results import CDF_PERCENTILES, format_machine
 
 SWEEPS = ("budget", "skew", "rate", "executors")
 
 
-def sweep_points(spec: str | None) -> list[tuple[str, dict[str, object]]]:
-    """``budget=10,25,50`` -> [("budget=10%", {"budget": "10%"}), ...]; None -> one plain point."""
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of a ``--sweep``: what it changes from the command's own options (None: unchanged)."""
+
+    label: str
+    budget: str | None = None
+    dist: str | None = None
+    rate_rps: float | None = None
+    num_executors: int | None = None
+
+
+def sweep_points(spec: str | None) -> list[SweepPoint]:
+    """``budget=10,25,50`` -> points for budgets 10 %, 25 %, 50 %; None -> one plain point.
+
+    Raises:
+        InvalidInputError: an unknown kind or a value that is not a number.
+    """
     if not spec:
-        return [("", {})]
+        return [SweepPoint("")]
     kind, _, values = spec.partition("=")
     if kind not in SWEEPS or not values:
         raise InvalidInputError(f"--sweep {spec!r}: expected KIND=V1,V2 with KIND one of {', '.join(SWEEPS)}")
-    points: list[tuple[str, dict[str, object]]] = []
+    points: list[SweepPoint] = []
     for raw in values.split(","):
         try:
             number = float(raw)
         except ValueError:
             raise InvalidInputError(f"--sweep {spec!r}: {raw!r} is not a number") from None
         if kind == "budget":
-            points.append((f"budget={raw}%", {"budget": f"{raw}%"}))
+            points.append(SweepPoint(f"budget={raw}%", budget=f"{raw}%"))
         elif kind == "skew":
-            points.append((f"skew=zipf:{raw}", {"dist": f"zipf:{raw}"}))
+            points.append(SweepPoint(f"skew=zipf:{raw}", dist=f"zipf:{raw}"))
         elif kind == "rate":
-            points.append((f"rate={raw}", {"rate": number}))
+            points.append(SweepPoint(f"rate={raw}", rate_rps=number))
         else:
-            points.append((f"executors={int(number)}", {"executors": int(number)}))
+            points.append(SweepPoint(f"executors={int(number)}", num_executors=int(number)))
     return points
 
 
@@ -53,7 +69,7 @@ def render_table(console: Console, result: BenchResult) -> None:
                       f"{vs_all:.2f}" if vs_all else "-", str(report.num_switches), switch_ratio,
                       f"{report.latency_ms['p50']:.0f}", f"{report.latency_ms['p99']:.0f}", str(report.num_failed))
     console.print(table)
-    console.print(f"machine: {result.machine}")
+    console.print(f"machine: {format_machine(result.machine)}")
 
 
 def write_plots(results: list[tuple[str, BenchResult]], folder: Path) -> list[Path]:

@@ -1,6 +1,13 @@
 """Expert cache (mechanism) and eviction policies (chosen by name)."""
 
-from edgecoe.cache.cache import Acquired, CacheLoadError, CacheStats, EntryState, EvictResult, ExpertCache
+from edgecoe.cache.cache import (
+    Acquired,
+    CacheLoadError,
+    CacheStats,
+    EntryState,
+    EvictResult,
+    ExpertCache,
+)
 from edgecoe.cache.policies import (
     EVICTION_POLICIES,
     BeladyPolicy,

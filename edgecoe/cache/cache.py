@@ -25,12 +25,16 @@ import threading
 import time
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar, cast
 
 from edgecoe.cache.policies import CandidateView, EvictionPolicy
+from edgecoe.errors import CacheLoadError
 
-Loader = Callable[[str], tuple[object, int]]
+H = TypeVar("H")
+
+Loader = Callable[[str], tuple[H, int]]
 """Makes an expert resident; returns (handle, measured footprint in bytes)."""
-Unloader = Callable[[str, object], None]
+Unloader = Callable[[str, H], None]
 """Releases an expert's handle (and gives its memory back)."""
 
 
@@ -40,22 +44,22 @@ class EntryState(enum.Enum):
 
 
 @dataclass(slots=True)
-class Entry:
+class Entry(Generic[H]):
     expert: str
     num_bytes: int
     state: EntryState
     loaded_seq: int
     last_used_seq: int
     pins: int = 0
-    handle: object = None
+    handle: H | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Acquired:
+class Acquired(Generic[H]):
     """A pinned, resident expert. Call :meth:`ExpertCache.release` when done."""
 
     expert: str
-    handle: object
+    handle: H
     hit: bool  # True if it was already resident (or being loaded by someone else)
 
 
@@ -79,11 +83,7 @@ class CacheStats:
     events: list[tuple[str, str]] = field(default_factory=list)  # (load|evict, expert), if recording
 
 
-class CacheLoadError(RuntimeError):
-    """The injected loader failed; the cache's accounting is already restored."""
-
-
-class ExpertCache:
+class ExpertCache(Generic[H]):
     """Keeps experts resident within ``budget_bytes``; thread-safe.
 
     Args:
@@ -97,7 +97,7 @@ class ExpertCache:
     """
 
     def __init__(
-        self, *, budget_bytes: int, loader: Loader, unloader: Unloader, policy: EvictionPolicy,
+        self, *, budget_bytes: int, loader: Loader[H], unloader: Unloader[H], policy: EvictionPolicy,
         size_of: Callable[[str], int], record_events: bool = False,
         on_evict: Callable[[str], None] | None = None,
     ) -> None:
@@ -110,7 +110,7 @@ class ExpertCache:
         self._size_of = size_of
         self._record = record_events
         self._on_evict = on_evict
-        self._entries: dict[str, Entry] = {}  # expert -> entry (LOADING or RESIDENT)
+        self._entries: dict[str, Entry[H]] = {}  # expert -> entry (LOADING or RESIDENT)
         self._used_bytes = 0
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
@@ -150,7 +150,7 @@ class ExpertCache:
             return entry.pins if entry else 0
 
     # -- acquire / release ---------------------------------------------------
-    def acquire(self, expert: str, *, protect: Container[str] = frozenset(), wait: bool = True) -> Acquired | None:
+    def acquire(self, expert: str, *, protect: Container[str] = frozenset(), wait: bool = True) -> Acquired[H] | None:
         """Pin ``expert``, loading it first if needed.
 
         Args:
@@ -179,7 +179,7 @@ class ExpertCache:
                     entry.pins += 1
                     entry.last_used_seq = next(self._seq)
                     self.stats.num_hits += 1
-                    return Acquired(expert, entry.handle, hit=True)
+                    return Acquired(expert, cast(H, entry.handle), hit=True)
                 if entry is not None:  # LOADING elsewhere: wait for it, never load twice
                     self._changed.wait()
                     continue
@@ -197,7 +197,7 @@ class ExpertCache:
         started = time.perf_counter()
         try:
             handle, measured = self._loader(expert)
-        except Exception as exc:  # noqa: BLE001 - any loader failure must restore accounting
+        except Exception as exc:
             with self._changed:
                 self._entries.pop(expert, None)
                 self._used_bytes -= needed
@@ -266,7 +266,7 @@ class ExpertCache:
             started = time.perf_counter()
             # NOTE: unloading under the lock keeps accounting and memory in step;
             # it is cheap (dropping a session), unlike loading.
-            self._unloader(candidate.expert, entry.handle)
+            self._unloader(candidate.expert, cast(H, entry.handle))
             self.stats.unload_seconds += time.perf_counter() - started
         return EvictResult(evicted, freed, freed >= num_bytes)
 
@@ -297,7 +297,7 @@ class ExpertCache:
             for name in [n for n, e in self._entries.items() if e.state is EntryState.RESIDENT and e.pins == 0]:
                 entry = self._entries.pop(name)
                 self._used_bytes -= entry.num_bytes
-                self._unloader(name, entry.handle)
+                self._unloader(name, cast(H, entry.handle))
             self._changed.notify_all()
 
     def check(self) -> None:

@@ -34,8 +34,20 @@ class EvictionPolicy(Protocol):
         """The cache tells the policy every time an expert is acquired."""
         ...
 
+    def set_future(self, future_uses: Iterable[str]) -> None:
+        """The order experts will be used in, where a driver knows it ahead
+        (a trace being replayed); policies that do not look ahead ignore it."""
+        ...
 
-class LruPolicy:
+
+class _NoLookahead:
+    """Mixin for policies that rank by the past only."""
+
+    def set_future(self, future_uses: Iterable[str]) -> None:
+        pass
+
+
+class LruPolicy(_NoLookahead):
     """Least recently used first (the Samba-CoE baseline)."""
 
     name = "lru"
@@ -47,7 +59,7 @@ class LruPolicy:
         return (entry.last_used_seq,)
 
 
-class FifoPolicy:
+class FifoPolicy(_NoLookahead):
     """Oldest load first, however often it is used (Samba-CoE FIFO)."""
 
     name = "fifo"
@@ -59,8 +71,8 @@ class FifoPolicy:
         return (entry.loaded_seq,)
 
 
-class CoservePolicy:
-    """CoServe's two-stage expert management (DESIGN.md §2).
+class CoservePolicy(_NoLookahead):
+    """CoServe's two-stage expert management.
 
     Stage 1: subsequent experts none of whose preliminary experts is resident
     (they cannot run soon), largest first. Stage 2: everything else, lowest

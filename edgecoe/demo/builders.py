@@ -8,6 +8,8 @@ their compute and their session-creation cost, not their accuracy.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -39,7 +41,7 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
-    def node(self, op: str, inputs: list[str], **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
         out = self._name(op.lower())
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
@@ -81,7 +83,7 @@ def resnet_classifier(
     image = "image"
     x = g.conv(image, 3, widths[0], 3, 2)
     cin = widths[0]
-    for stage, (width, count) in enumerate(zip(widths, blocks)):
+    for stage, (width, count) in enumerate(zip(widths, blocks, strict=False)):
         for block in range(count):
             stride = 2 if stage > 0 and block == 0 else 1
             y = g.conv(x, cin, width, 3, stride)

@@ -8,24 +8,25 @@ from pathlib import Path
 
 import onnx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 import edgecoe
 from edgecoe.demo.builders import resnet_classifier, yolo_detector
 from edgecoe.errors import InvalidInputError, SpecError
-from edgecoe.onnxmodel import io_specs
-from edgecoe.package.loader import pydantic_problems
 from edgecoe.package.manifest import (
     ArgmaxRoute,
     EntryRule,
     ExpertRecord,
     Manifest,
     MetadataField,
+    RequestInput,
     TensorSpec,
     WorkloadHints,
 )
+from edgecoe.package.onnxmodel import io_specs
 from edgecoe.package.routing import declared_usage_probabilities
 from edgecoe.package.writer import PackageWriter
+from edgecoe.schema import StrictModel, pydantic_problems
 from edgecoe.workload import distribution_shares
 
 _FAMILIES = ["res", "cap", "ind", "diode", "led", "tr", "ic", "conn", "osc", "fuse", "sw", "relay"]
@@ -35,23 +36,19 @@ _MARKER_GAIN = 20.0
 _MARKER_OFFSET = 0.5
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ClassifierArch(_Strict):
+class ClassifierArch(StrictModel):
     name: str
     widths: list[int] = Field(min_length=1)
     blocks: list[int] = Field(min_length=1)
 
 
-class DetectorArch(_Strict):
+class DetectorArch(StrictModel):
     name: str
     widths: list[int] = Field(min_length=2)
     depth: int = Field(ge=0)
 
 
-class DemoRecipe(_Strict):
+class DemoRecipe(StrictModel):
     """Everything that determines a demo package's bytes."""
 
     name: str
@@ -123,8 +120,8 @@ def build_demo(
     types = component_types(recipe.num_component_types)
     detectors: list[tuple[str, DetectorArch]] = []
     for d in range(recipe.num_detectors):
-        arch = recipe.detector_architectures[d % len(recipe.detector_architectures)]
-        detectors.append((f"det-{_FOOTPRINTS[d % len(_FOOTPRINTS)]}-{d:02d}", arch))
+        detector_arch = recipe.detector_architectures[d % len(recipe.detector_architectures)]
+        detectors.append((f"det-{_FOOTPRINTS[d % len(_FOOTPRINTS)]}-{d:02d}", detector_arch))
     image_item = TensorSpec(name="image", dtype="float32", shape=[3, size, size])
     experts: dict[str, ExpertRecord] = {}
     jobs: list[tuple[str, str, Callable[[], onnx.ModelProto], ArgmaxRoute | None]] = []
@@ -142,34 +139,34 @@ def build_demo(
         route = ArgmaxRoute(kind="argmax", output="logits", classes={0: [], 1: [detector]},
                             class_fractions={0: round(1.0 - recipe.pass_fraction, 9), 1: recipe.pass_fraction})
         jobs.append((name, arch.name, make, route))
-    for d, (name, arch) in enumerate(detectors):
+    for d, (name, det_arch) in enumerate(detectors):
         seed = recipe.seed * 1000 + 500 + d
 
-        def make_det(arch: DetectorArch = arch, seed: int = seed, name: str = name) -> onnx.ModelProto:
+        def make_det(arch: DetectorArch = det_arch, seed: int = seed, name: str = name) -> onnx.ModelProto:
             return yolo_detector(seed=seed, image_size=size, widths=arch.widths, depth=arch.depth,
                                  num_classes=recipe.detector_classes, num_anchors=3, name=name)
 
-        jobs.append((name, arch.name, make_det, None))
+        jobs.append((name, det_arch.name, make_det, None))
 
     values = [t for t, _ in types]
     with PackageWriter(dest, overwrite=overwrite) as writer:
-        for name, arch_name, make_model, route in jobs:
+        for name, arch_name, make_model, expert_route in jobs:
             if progress:
                 progress(name)
             model = make_model()
             inputs, outputs = io_specs(model, where=name)
             record, external = writer.write_model(f"experts/{name}.onnx", model, external=False)
-            fields: dict[str, object] = dict(
-                architecture=arch_name, model=record, external_data=external, inputs=inputs,
-                outputs=outputs, usage_probability=0.0, source=f"demo recipe {recipe.name}",
-            )
-            if route is not None:
-                fields["route"] = route
+            fields: dict[str, object] = {
+                "architecture": arch_name, "model": record, "external_data": external, "inputs": inputs,
+                "outputs": outputs, "usage_probability": 0.0, "source": f"demo recipe {recipe.name}",
+            }
+            if expert_route is not None:
+                fields["route"] = expert_route
             experts[name] = ExpertRecord.model_validate(fields)
         manifest = Manifest(
             name=recipe.name, description=recipe.description,
             created_by=f"edgecoe {edgecoe.__version__} demo recipe (seed {recipe.seed})",
-            inputs=[image_item],
+            inputs=[RequestInput(**image_item.model_dump())],
             metadata={"component_type": MetadataField(values=values,
                                                       distribution=distribution_shares(recipe.distribution, values))},
             entry=EntryRule(key="component_type", experts={t: f"cls-{t}" for t in values}),

@@ -18,11 +18,15 @@ import edgecoe
 from edgecoe.errors import ExportError
 from edgecoe.export.sources import load_source, scratch_dir
 from edgecoe.export.spec import ExportSpec, read_spec
-from edgecoe.export.verify import check_model_file, compare_with_reference, example_inputs
-from edgecoe.onnxmodel import io_specs, read_model
+from edgecoe.export.verify import (
+    check_model_file,
+    compare_with_reference,
+    example_inputs,
+)
 from edgecoe.package.files import record_file
 from edgecoe.package.loader import load_package
-from edgecoe.package.manifest import ExpertRecord, Manifest, TensorSpec
+from edgecoe.package.manifest import ExpertRecord, Manifest, RequestInput
+from edgecoe.package.onnxmodel import io_specs, read_model
 from edgecoe.package.routing import declared_usage_probabilities
 from edgecoe.package.writer import PackageWriter
 from edgecoe.providers import SessionError, create_session
@@ -70,7 +74,7 @@ def export_package(
     results: list[ExpertExport] = []
     records: dict[str, ExpertRecord] = {}
     with scratch_dir() as scratch, PackageWriter(dest, overwrite=overwrite) as writer:
-        for name, expert in spec.experts.items():
+        for name in spec.experts:
             if on_expert_start:
                 on_expert_start(name)
             started = time.perf_counter()
@@ -132,13 +136,13 @@ def _export_one(
     return record, result
 
 
-def _derive_inputs(spec: ExportSpec, records: dict[str, ExpertRecord]) -> list[TensorSpec]:
+def _derive_inputs(spec: ExportSpec, records: dict[str, ExpertRecord]) -> list[RequestInput]:
     """Package inputs = the preliminary experts' inputs without their batch dimension."""
     firsts = list(dict.fromkeys([*spec.entry.experts.values(), *([spec.entry.default] if spec.entry.default else [])]))
-    found: dict[str, TensorSpec] = {}
+    found: dict[str, RequestInput] = {}
     for name in firsts:
         for item in records[name].inputs:
-            derived = TensorSpec(name=item.name, dtype=item.dtype, shape=item.shape[1:])
+            derived = RequestInput(name=item.name, dtype=item.dtype, shape=item.shape[1:])
             if item.name in found and found[item.name] != derived:
                 raise ExportError(
                     f"preliminary experts disagree on input {item.name!r}: {found[item.name].shape_str()} vs "

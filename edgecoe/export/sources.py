@@ -20,7 +20,7 @@ import onnx
 
 from edgecoe.errors import ExportError, OnnxFileError
 from edgecoe.export.spec import ExpertSpec, HfSource, OnnxSource, TorchSource
-from edgecoe.onnxmodel import custom_domains, external_locations, read_model
+from edgecoe.package.onnxmodel import custom_domains, external_locations, read_model
 
 Reference = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -71,12 +71,12 @@ def _from_onnx(path: Path, allow_custom_ops: bool) -> SourceModel:
     # package (inlining or regathering external data) is itself verified.
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises bare RuntimeError/Fail subclasses
+    except Exception as exc:
         raise ExportError(f"{path}: onnxruntime cannot load the source model: {exc}") from exc
     names = [o.name for o in session.get_outputs()]
 
     def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, inputs)))
+        return dict(zip(names, session.run(names, inputs), strict=False))
 
     return SourceModel(model=model, reference=reference, origin=str(path), framework="onnxruntime",
                        external_data=had_external)
@@ -109,7 +109,7 @@ def _from_torch(name: str, source: TorchSource, base: Path, workdir: Path) -> So
     factory = _import_factory(source.torch, base)
     try:
         module = factory(**source.args)
-    except Exception as exc:  # noqa: BLE001 - user code may raise anything
+    except Exception as exc:
         raise ExportError(f"torch factory {source.torch!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(module, torch.nn.Module):  # type: ignore[attr-defined]
         raise ExportError(f"torch factory {source.torch!r} returned {type(module).__name__}, expected torch.nn.Module")
@@ -140,7 +140,7 @@ def _from_torch(name: str, source: TorchSource, base: Path, workdir: Path) -> So
                 module, tuple(examples), str(out_path), input_names=names, output_names=source.output_names,
                 **kwargs,
             )
-    except Exception as exc:  # noqa: BLE001 - torch.onnx raises many unrelated types
+    except Exception as exc:
         raise ExportError(f"torch.onnx.export of {source.torch!r} failed: {type(exc).__name__}: {exc}") from exc
     model = onnx.load(str(out_path), load_external_data=True)
 
@@ -148,7 +148,7 @@ def _from_torch(name: str, source: TorchSource, base: Path, workdir: Path) -> So
         with torch.no_grad():  # type: ignore[attr-defined]
             result = module(*(torch.from_numpy(inputs[n]) for n in names))  # type: ignore[attr-defined]
         results = result if isinstance(result, (tuple, list)) else [result]
-        return {n: r.detach().numpy() for n, r in zip(source.output_names, results)}
+        return {n: r.detach().numpy() for n, r in zip(source.output_names, results, strict=False)}
 
     return SourceModel(model=model, reference=reference, origin=f"torch {source.torch}", framework="torch")
 
@@ -167,7 +167,7 @@ def _from_hf(name: str, source: HfSource, model_dir: Path, workdir: Path) -> Sou
             hf_model = tasks.TasksManager.get_model_from_task(  # type: ignore[attr-defined]
                 source.task, str(model_dir), framework="pt", local_files_only=True
             )
-    except Exception as exc:  # noqa: BLE001 - optimum/transformers raise many types
+    except Exception as exc:
         raise ExportError(f"optimum export of {model_dir} (task {source.task!r}) failed: {type(exc).__name__}: {exc}") from exc
     onnx_files = sorted(out_dir.glob("*.onnx"))
     if len(onnx_files) != 1:

@@ -8,33 +8,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import Discriminator, Field, Tag, ValidationError
 
 from edgecoe.errors import Problem, SpecError
-from edgecoe.package.loader import pydantic_problems
-from edgecoe.package.manifest import EntryRule, MetadataField, RequestInput, Route, StopRoute
+from edgecoe.package.manifest import (
+    EntryRule,
+    MetadataField,
+    RequestInput,
+    Route,
+    StopRoute,
+)
 from edgecoe.package.routing import ExpertGraph, route_targets
+from edgecoe.schema import StrictModel, pydantic_problems
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExampleInput(_Strict):
+class ExampleInput(StrictModel):
     shape: list[int] = Field(min_length=1)
     dtype: str = "float32"
 
 
-class OnnxSource(_Strict):
+class OnnxSource(StrictModel):
     """Import an existing ``.onnx`` file as is (external data is gathered into the package)."""
 
     onnx: str
 
 
-class TorchSource(_Strict):
+class TorchSource(StrictModel):
     """Export a PyTorch module made by ``factory`` (``"pkg.module:callable"``) via torch.onnx."""
 
     torch: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -48,7 +50,7 @@ class TorchSource(_Strict):
     dynamo: bool = Field(default=True, description="use the torch.export-based exporter")
 
 
-class HfSource(_Strict):
+class HfSource(StrictModel):
     """Export a local Hugging Face model directory via optimum (offline; task required)."""
 
     hf: str
@@ -65,12 +67,12 @@ def _source_kind(value: object) -> str:
 
 
 Source = Annotated[
-    Union[Annotated[OnnxSource, Tag("onnx")], Annotated[TorchSource, Tag("torch")], Annotated[HfSource, Tag("hf")]],
+    Annotated[OnnxSource, Tag("onnx")] | Annotated[TorchSource, Tag("torch")] | Annotated[HfSource, Tag("hf")],
     Discriminator(_source_kind),
 ]
 
 
-class ExpertSpec(_Strict):
+class ExpertSpec(StrictModel):
     source: Source
     architecture: str | None = Field(default=None, description="default: the expert's name")
     route: Route = Field(default_factory=StopRoute)
@@ -79,7 +81,7 @@ class ExpertSpec(_Strict):
     )
 
 
-class ExportSpec(_Strict):
+class ExportSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
     description: str = ""
     inputs: list[RequestInput] | None = Field(
@@ -129,12 +131,12 @@ def check_spec(spec: ExportSpec, base: Path, where: str) -> list[Problem]:
     if spec.entry.default is not None and spec.entry.default not in names:
         problems.append(Problem(f"{where}: entry.default", f"unknown expert {spec.entry.default!r}"))
     children = {}
-    for name, expert in spec.experts.items():
-        children[name] = route_targets(expert.route)
+    for name, expert_spec in spec.experts.items():
+        children[name] = route_targets(expert_spec.route)
         for target in children[name]:
             if target not in names:
                 problems.append(Problem(f"{where}: experts.{name}.route", f"sends to unknown expert {target!r}"))
-        source = expert.source
+        source = expert_spec.source
         rel = source.onnx if isinstance(source, OnnxSource) else source.hf if isinstance(source, HfSource) else None
         if rel is not None and not (base / rel).exists():
             problems.append(Problem(f"{where}: experts.{name}.source", f"{base / rel} does not exist"))

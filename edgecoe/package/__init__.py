@@ -1,9 +1,41 @@
-"""CoE packages: manifest schema, validating loader, atomic writer, routing rules."""
+"""CoE packages: manifest schema, validating loader, atomic writer, routing rules.
 
-from edgecoe.package.loader import Package, load_package
+The schema and routing import without onnx (the simulator and the engine use
+them); the loader and writer, which read and write ONNX files, load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from edgecoe.package.manifest import MANIFEST_NAME, ExpertRecord, Manifest, TensorSpec
-from edgecoe.package.routing import ExpertGraph, declared_usage_probabilities, entry_expert, next_experts
-from edgecoe.package.writer import PackageWriter
+from edgecoe.package.routing import (
+    ExpertGraph,
+    declared_usage_probabilities,
+    entry_expert,
+    next_experts,
+)
+
+_LAZY = {  # name -> module that defines it
+    "Package": "edgecoe.package.loader",
+    "load_package": "edgecoe.package.loader",
+    "PackageWriter": "edgecoe.package.writer",
+}
+
+if TYPE_CHECKING:
+    from edgecoe.package.loader import Package, load_package
+    from edgecoe.package.writer import PackageWriter
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgecoe.package' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MANIFEST_NAME",

@@ -17,11 +17,23 @@ from typing import Literal
 from pydantic import ValidationError
 
 from edgecoe.errors import OnnxFileError, PackageError, Problem
-from edgecoe.onnxmodel import custom_domains, external_locations, io_specs, read_model
-from edgecoe.onnxscan import scan_model, scanned_custom_domains
 from edgecoe.package.files import sha256_file, unsafe_path_reason
-from edgecoe.package.manifest import MANIFEST_NAME, ExpertRecord, FileRecord, Manifest, TensorSpec
+from edgecoe.package.manifest import (
+    MANIFEST_NAME,
+    ExpertRecord,
+    FileRecord,
+    Manifest,
+    TensorSpec,
+)
+from edgecoe.package.onnxmodel import (
+    custom_domains,
+    external_locations,
+    io_specs,
+    read_model,
+)
+from edgecoe.package.onnxscan import scan_model, scanned_custom_domains
 from edgecoe.package.routing import ExpertGraph
+from edgecoe.schema import pydantic_problems
 
 Verify = Literal["full", "quick"]
 
@@ -109,17 +121,6 @@ def _read_manifest(root: Path) -> Manifest:
         raise PackageError(root, pydantic_problems(where, exc)) from exc
 
 
-def pydantic_problems(where: str, exc: ValidationError) -> list[Problem]:
-    """One :class:`Problem` per pydantic error, located by its field path."""
-    out = []
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"])
-        got = err.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-        out.append(Problem(f"{where}: {loc}" if loc else where, f"{err['msg']}{shown}"))
-    return out
-
-
 def _check_names_and_routes(manifest: Manifest, graph: ExpertGraph) -> list[Problem]:
     where = MANIFEST_NAME
     problems: list[Problem] = []
@@ -192,7 +193,7 @@ def _batch_shape_mismatch(expert_input: TensorSpec, item: TensorSpec) -> str | N
     if len(expert_input.shape) != len(item.shape) + 1:
         return (f"shape {expert_input.shape_str()} must be [batch, *{item.shape_str()}] "
                 f"(package input shape plus a leading batch dimension)")
-    for got, want in zip(expert_input.shape[1:], item.shape):
+    for got, want in zip(expert_input.shape[1:], item.shape, strict=False):
         if isinstance(got, int) and isinstance(want, int) and got != want:
             return f"shape {expert_input.shape_str()} does not take items of shape {item.shape_str()}"
     return None

@@ -15,27 +15,24 @@ exist, an acyclic graph, files on disk, checksums, ONNX I/O) are checked by
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from edgecoe.schema import StrictModel
 
 MANIFEST_NAME = "edgecoe.json"
-FORMAT = "edgecoe.package"
-FORMAT_VERSION = 1
+FORMAT: Literal["edgecoe.package"] = "edgecoe.package"
+FORMAT_VERSION: Literal[1] = 1
 
-Dim = Union[int, str, None]
+Dim = int | str | None
 """One dimension: a fixed size, a symbolic name (``"batch"``), or unknown (``None``)."""
 
 _SHA256 = r"^[0-9a-f]{64}$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 
 
-class _Strict(BaseModel):
-    # Unknown fields are errors: a typo in a hand-edited manifest must not be ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TensorSpec(_Strict):
+class TensorSpec(StrictModel):
     """Name, element type and shape of one model input or output."""
 
     name: str = Field(min_length=1)
@@ -53,7 +50,7 @@ class RequestInput(TensorSpec):
     allow_non_finite: bool = False
 
 
-class FileRecord(_Strict):
+class FileRecord(StrictModel):
     """A file inside the package, with the facts used to detect corruption."""
 
     path: str = Field(min_length=1, description="relative POSIX path inside the package")
@@ -61,20 +58,20 @@ class FileRecord(_Strict):
     sha256: str = Field(pattern=_SHA256)
 
 
-class StopRoute(_Strict):
+class StopRoute(StrictModel):
     """The expert is a leaf: its outputs are the request's result."""
 
     kind: Literal["stop"] = "stop"
 
 
-class FanoutRoute(_Strict):
+class FanoutRoute(StrictModel):
     """Every item goes on to all of ``next``."""
 
     kind: Literal["fanout"]
     next: list[str] = Field(min_length=1)
 
 
-class ArgmaxRoute(_Strict):
+class ArgmaxRoute(StrictModel):
     """Argmax of output ``output`` (per item, flattened) picks the next experts.
 
     ``classes`` maps a class index to the experts it goes on to (an empty list
@@ -101,7 +98,7 @@ class ArgmaxRoute(_Strict):
         return self
 
 
-class ThresholdRoute(_Strict):
+class ThresholdRoute(StrictModel):
     """Reduce output ``output`` per item (max/min/mean) and compare with ``threshold``."""
 
     kind: Literal["threshold"]
@@ -114,11 +111,11 @@ class ThresholdRoute(_Strict):
 
 
 Route = Annotated[
-    Union[StopRoute, FanoutRoute, ArgmaxRoute, ThresholdRoute], Field(discriminator="kind")
+    StopRoute | FanoutRoute | ArgmaxRoute | ThresholdRoute, Field(discriminator="kind")
 ]
 
 
-class ExpertRecord(_Strict):
+class ExpertRecord(StrictModel):
     """One expert: its model files, I/O, architecture and where its outputs go."""
 
     architecture: str = Field(
@@ -149,7 +146,7 @@ class ExpertRecord(_Strict):
         return self.model.bytes + sum(f.bytes for f in self.external_data)
 
 
-class MetadataField(_Strict):
+class MetadataField(StrictModel):
     """A request metadata key the package understands.
 
     ``values`` lists the accepted values (``None``: any string). ``distribution``
@@ -176,7 +173,7 @@ class MetadataField(_Strict):
         return self
 
 
-class EntryRule(_Strict):
+class EntryRule(StrictModel):
     """Picks a request's preliminary expert from one metadata key."""
 
     key: str
@@ -184,7 +181,7 @@ class EntryRule(_Strict):
     default: str | None = Field(default=None, description="expert for unlisted values; None rejects")
 
 
-class WorkloadHints(_Strict):
+class WorkloadHints(StrictModel):
     """How a generator makes inputs that a classifier passes on or stops (demo packages).
 
     A generated item is standard-normal noise; channel ``channel`` of input
@@ -199,7 +196,7 @@ class WorkloadHints(_Strict):
     go_on_fraction: float = Field(ge=0.0, le=1.0, description="default share of items sent on")
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     """The whole ``edgecoe.json``."""
 
     format: Literal["edgecoe.package"] = FORMAT

@@ -5,11 +5,13 @@ Pure functions over the manifest's rules and numpy outputs; no ONNX Runtime.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from edgecoe.errors import RoutingError
 from edgecoe.package.manifest import (
     ArgmaxRoute,
     EntryRule,
@@ -20,10 +22,6 @@ from edgecoe.package.manifest import (
     StopRoute,
     ThresholdRoute,
 )
-
-
-class RoutingError(ValueError):
-    """A request or an expert's output cannot be routed (unknown metadata value, bad output)."""
 
 
 def route_targets(route: Route) -> list[str]:
@@ -75,7 +73,8 @@ def next_experts(route: Route, outputs: Mapping[str, np.ndarray], index: int) ->
         cls = int(np.argmax(item))
         return list(route.classes.get(cls, route.default))
     if isinstance(route, ThresholdRoute):
-        reduce = {"max": np.max, "min": np.min, "mean": np.mean}[route.reduce]
+        reduces: dict[str, Callable[[np.ndarray], Any]] = {"max": np.max, "min": np.min, "mean": np.mean}
+        reduce = reduces[route.reduce]
         score = float(reduce(item))
         return list(route.above if score > route.threshold else route.below)
     raise AssertionError(f"unhandled route {route!r}")
@@ -154,7 +153,7 @@ class ExpertGraph:
             stack.append(node)
             for child in self.children.get(node, []):
                 if state.get(child) == 1:
-                    return stack[stack.index(child):] + [child]
+                    return [*stack[stack.index(child):], child]
                 if child not in state:
                     found = visit(child)
                     if found:
@@ -195,7 +194,7 @@ def declared_usage_probabilities(manifest: Manifest) -> dict[str, float]:
     each route passes its share on. Clipped to 1 (fan-out can revisit).
     """
     graph = ExpertGraph.from_manifest(manifest)
-    prob = {name: 0.0 for name in manifest.experts}
+    prob = dict.fromkeys(manifest.experts, 0.0)
     rule = manifest.entry
     field = manifest.metadata.get(rule.key)
     shares: dict[str, float]

@@ -1,6 +1,6 @@
 """Offline profiler (``edgecoe profile``) and the device-profile schema."""
 
-from edgecoe.profiler.schema import (
+from edgecoe.profile import (
     Allocation,
     ArchitectureCost,
     DeviceInfo,

@@ -57,7 +57,7 @@ def largest_useful_batch(batches: Sequence[int], latencies_ms: Sequence[float], 
     Comparing with the lowest, not step by step, keeps one noisy point from
     ending the curve early.
     """
-    pairs = sorted(zip(batches, latencies_ms))
+    pairs = sorted(zip(batches, latencies_ms, strict=False))
     per_item = [(n, t / n) for n, t in pairs]
     lowest = min(p for _, p in per_item)
     return next(n for n, p in per_item if p <= lowest * (1.0 + tolerance))

@@ -1,6 +1,6 @@
 """Measurements on one processor: execution against batch size, loading from each
 tier, resident footprint, memory per batch item. Experts of one architecture
-are measured once, on a representative (DESIGN.md §2)."""
+are measured once, on a representative (docs/background.md)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from edgecoe.errors import EdgecoeError
-from edgecoe.memory import drop_page_cache, measure_footprint, process_memory_bytes, release_freed_memory
+from edgecoe.errors import EdgecoeError, MeasurementError
+from edgecoe.memory import (
+    drop_page_cache,
+    measure_footprint,
+    process_memory_bytes,
+    release_freed_memory,
+)
 from edgecoe.package import Package
+from edgecoe.profile import ArchitectureCost, ProcessorProfile
 from edgecoe.profiler.fit import fit_linear, largest_useful_batch
-from edgecoe.profiler.schema import ArchitectureCost, ProcessorProfile
 from edgecoe.providers import ProviderChoice, create_session
 
 _SMALL_BATCH = 4  # batches up to this size are timed for B's sake, many times over
 _SYMBOLIC_ITEM_DIM = 8  # size for a symbolic non-batch dim (sequence length) when measuring
-
-
-class MeasurementError(EdgecoeError):
-    """A measurement could not be taken (the expert does not load or run)."""
 
 
 def _ms(start: float) -> float:
@@ -119,7 +120,7 @@ def _latency_curve(
         inputs = batch_inputs(pkg, expert, n)
         try:
             session.run(None, inputs)  # warm-up: first runs allocate
-        except Exception as exc:  # noqa: BLE001 - ORT run errors are untyped
+        except Exception as exc:
             if n == batches[0]:
                 raise MeasurementError(f"expert {expert} does not run a batch of {n}: {exc}") from exc
             break  # a batch this large does not run here (memory): the curve ends before it
@@ -155,7 +156,7 @@ def measure_host_load_ms(pkg: Package, expert: str, choice: ProviderChoice, *, r
 
 
 def _optimized_load_ms(pkg: Package, expert: str, create, repeats: int, *, kind: str) -> float | None:  # type: ignore[no-untyped-def]
-    """Creation time from an ORT-optimized model with optimization off (DESIGN §4: 22 -> 6 ms).
+    """Creation time from an ORT-optimized model with optimization off (docs/background.md: 22 -> 6 ms).
 
     On CPU, the runtime's optimized-model cache path (level "all", saved on
     this machine); elsewhere the package's portable copy, or one made at level

@@ -18,15 +18,15 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import onnxruntime as ort
 
 from edgecoe.config import RuntimeConfig
 from edgecoe.errors import InvalidInputError
+from edgecoe.memory import available_memory_bytes, total_memory_bytes
 from edgecoe.package import Package
-from edgecoe.profiler.fit import decay_window_search
-from edgecoe.profiler.measure import measure_architecture, measure_host_load_ms
-from edgecoe.profiler.schema import (
+from edgecoe.profile import (
     Allocation,
     AllocationStep,
     ArchitectureCost,
@@ -34,8 +34,9 @@ from edgecoe.profiler.schema import (
     DeviceProfile,
     ProcessorProfile,
 )
+from edgecoe.profiler.fit import decay_window_search
+from edgecoe.profiler.measure import measure_architecture, measure_host_load_ms
 from edgecoe.providers import choose_providers
-from edgecoe.memory import available_memory_bytes, meminfo_bytes
 from edgecoe.runtime import Runtime
 from edgecoe.workload import generate_workload
 
@@ -75,7 +76,7 @@ class ProfileSettings:
     @classmethod
     def quick(cls, **overrides: object) -> ProfileSettings:
         """Settings that profile pcb-small in well under a minute (CI)."""
-        base = dict(batches=(1, 2, 4, 8), repeats=2, curve_seconds=0.0, sample_requests=150, max_executors=2, initial=4)
+        base = {"batches": (1, 2, 4, 8), "repeats": 2, "curve_seconds": 0.0, "sample_requests": 150, "max_executors": 2, "initial": 4}
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -87,7 +88,7 @@ def device_info(device: str) -> DeviceInfo:
 
         device_memory = cuda_total_memory_bytes(int(device.split(":")[1]))
     return DeviceInfo(
-        machine=platform.machine(), cpu_count=os.cpu_count() or 1, host_memory_bytes=meminfo_bytes("MemTotal", available_memory_bytes()),
+        machine=platform.machine(), cpu_count=os.cpu_count() or 1, host_memory_bytes=total_memory_bytes(),
         device_memory_bytes=device_memory, onnxruntime=ort.__version__, providers=ort.get_available_providers(),
         processor_name=_processor_name(),
     )
@@ -124,7 +125,7 @@ def profile_package(
     settings = settings or ProfileSettings()
     check_device(device)
     info = device_info(device)
-    memory = "numa" if device.startswith("cuda:") else "uma"
+    memory: Literal["uma", "numa"] = "numa" if device.startswith("cuda:") else "uma"
     limit = settings.memory_limit_bytes or _default_limit(device, info)
     fast = ProcessorProfile(id=device, budget_bytes=limit, num_executors=1)
     processors = [fast] if device == "cpu" else [fast, ProcessorProfile(id="cpu", budget_bytes=limit)]
@@ -242,8 +243,7 @@ def _allocate(pkg: Package, profile: DeviceProfile, settings: ProfileSettings, p
     if settings.search:
         search = decay_window_search(measure, max_n=max_n, initial=min(settings.initial, max_n),
                                      margin=settings.margin, check_largest=settings.check_largest)
-        for n, predicted in search.predictions:
-            predictions[n] = predicted
+        predictions.update(search.predictions)
         steps = [s.model_copy(update={"predicted_rps": round(predictions[s.num_resident], 3)})
                  if s.num_resident in predictions else s for s in steps]
         chosen, reason = search.chosen, search.stop_reason

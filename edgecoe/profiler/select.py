@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from edgecoe.errors import InvalidInputError
 from edgecoe.package import Package
-from edgecoe.profiler.schema import DeviceProfile, ProfileError, load_profile
+from edgecoe.profile import DeviceProfile, ProfileError, load_profile
 from edgecoe.providers import PROVIDER_FOR_KIND
 
 

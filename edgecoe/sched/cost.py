@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
-from edgecoe.profiler.schema import ArchitectureCost, DeviceProfile
+from edgecoe.profile import ArchitectureCost, DeviceProfile
 
 # Fallback estimates per MB of weights, measured on a 2-core x86 CPU with the
 # demo's CNNs (benchmarks/demo_costs.py): ~0.15 ms/item/MB to run, ~1.2 ms/MB to load.
@@ -135,7 +135,7 @@ class CostModel:
 class _ResidentView:
     """``in`` through the per-expert callback, when no snapshot is available."""
 
-    __slots__ = ("_test", "_processor")
+    __slots__ = ("_processor", "_test")
 
     def __init__(self, test: Callable[[str, str], bool], processor_id: str) -> None:
         self._test = test

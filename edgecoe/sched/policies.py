@@ -149,7 +149,7 @@ class _Group:
 
 
 class CoserveQueue:
-    """CoServe's assign / arrange / split (DESIGN.md §2). See the module docstring."""
+    """CoServe's assign / arrange / split (docs/background.md). See the module docstring."""
 
     name = "coserve"
 

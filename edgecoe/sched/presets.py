@@ -64,3 +64,53 @@ def prefetch_enabled(preset: Preset, processor_kind: str) -> bool:
     if preset.prefetch == "auto":
         return processor_kind != "cpu"
     return bool(preset.prefetch)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchEntry:
+    """A configuration the bench compares, by name: a preset plus overrides.
+
+    Attributes:
+        policy: the preset it starts from.
+        overrides: RuntimeConfig fields it changes (eviction, scheduler, preload, prefetch).
+        all_resident: its budget holds every expert (the bound), whatever the bench's budget.
+        description: one line for ``--help`` and reports.
+    """
+
+    policy: str
+    overrides: tuple[tuple[str, object], ...] = ()
+    all_resident: bool = False
+    description: str = ""
+
+
+#: Every name ``edgecoe bench`` accepts: the presets, two references, and the ablation steps.
+BENCH_ENTRIES: dict[str, BenchEntry] = {
+    **{name: BenchEntry(name, description=preset.description) for name, preset in PRESETS.items()},
+    "belady": BenchEntry("edgecoe", (("eviction", "belady"),),
+                         description="edgecoe's scheduling with offline-optimal eviction (a reference)"),
+    "all-resident": BenchEntry("edgecoe", (("preload", True),), all_resident=True,
+                               description="every expert preloaded, nothing ever switched: the bound"),
+    "none": BenchEntry("samba-parallel", description="ablation: several executors, round-robin, LRU"),
+    "+expert-management": BenchEntry("samba-parallel", (("eviction", "coserve"), ("preload", True)),
+                                     description="ablation: + CoServe's eviction and preload"),
+    "+arranging": BenchEntry("samba-parallel", (("eviction", "coserve"), ("preload", True), ("scheduler", "arrange")),
+                             description="ablation: + arranging and splitting"),
+    "+assigning": BenchEntry("coserve", description="ablation: + assigning (CoServe as published)"),
+    "+prefetch": BenchEntry("coserve", (("prefetch", True),), description="ablation: + prefetch"),
+}
+#: What ``edgecoe bench`` runs by default.
+DEFAULT_BENCH_ENTRIES = ("samba", "samba-fifo", "samba-parallel", "coserve", "edgecoe", "belady", "all-resident")
+#: The paper's ablation order.
+ABLATION = ("none", "+expert-management", "+arranging", "+assigning", "+prefetch")
+
+
+def get_bench_entry(name: str) -> BenchEntry:
+    """The bench entry called ``name``.
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    try:
+        return BENCH_ENTRIES[name]
+    except KeyError:
+        raise ValueError(f"unknown bench entry {name!r}; valid: {', '.join(BENCH_ENTRIES)}") from None

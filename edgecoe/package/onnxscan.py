@@ -183,6 +183,6 @@ class _Scanner:
 
 def scanned_custom_domains(scan: ModelScan) -> list[str]:
     """Operator domains nodes use that ONNX Runtime does not implement (local functions excluded)."""
-    from edgecoe.onnxmodel import BUILTIN_DOMAINS
+    from edgecoe.package.onnxmodel import BUILTIN_DOMAINS
 
     return sorted(scan.node_domains - BUILTIN_DOMAINS - scan.function_domains)

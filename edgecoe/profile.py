@@ -13,19 +13,16 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from edgecoe.errors import ProfileError, Problem
+from edgecoe.errors import Problem, ProfileError
+from edgecoe.schema import StrictModel, pydantic_problems
 
-PROFILE_VERSION = 1
+PROFILE_VERSION: Literal[1] = 1
 ProcessorKind = Literal["cpu", "cuda", "coreml"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProcessorProfile(_Strict):
+class ProcessorProfile(StrictModel):
     """One processor: where its experts run and how much of its memory they may use."""
 
     id: str = Field(pattern=r"^(cpu|cuda:\d+|coreml)$", description="cpu, cuda:N or coreml")
@@ -39,7 +36,7 @@ class ProcessorProfile(_Strict):
         return self.id.split(":")[0]  # type: ignore[return-value]
 
 
-class ArchitectureCost(_Strict):
+class ArchitectureCost(StrictModel):
     """Cost of one architecture on one processor kind."""
 
     k_ms: float = Field(ge=0, description="execution time per batch item")
@@ -59,7 +56,7 @@ class ArchitectureCost(_Strict):
     representative: str | None = Field(default=None, description="the expert measured for this architecture")
 
 
-class DeviceInfo(_Strict):
+class DeviceInfo(StrictModel):
     """What the profiled machine is."""
 
     machine: str
@@ -71,14 +68,14 @@ class DeviceInfo(_Strict):
     processor_name: str = ""
 
 
-class AllocationStep(_Strict):
+class AllocationStep(StrictModel):
     num_resident: int
     budget_bytes: int
     throughput_rps: float
     predicted_rps: float | None = None
 
 
-class Allocation(_Strict):
+class Allocation(StrictModel):
     """The profiler's decision and how it was reached."""
 
     package: str
@@ -90,7 +87,7 @@ class Allocation(_Strict):
     executor_throughput_rps: dict[int, float] = Field(default_factory=dict, description="executors -> measured")
 
 
-class DeviceProfile(_Strict):
+class DeviceProfile(StrictModel):
     """The whole profile file."""
 
     version: Literal[1] = PROFILE_VERSION
@@ -144,6 +141,20 @@ def load_profile(path: str | Path) -> DeviceProfile:
     try:
         return DeviceProfile.model_validate(raw)
     except ValidationError as exc:
-        from edgecoe.package.loader import pydantic_problems
 
         raise ProfileError(path, pydantic_problems(path.name, exc)) from exc
+
+
+def default_profile() -> DeviceProfile:
+    """A profile for this machine when none is given: one CPU processor, UMA.
+
+    Budget: 40 % of available memory; executors: 2 (one loads while the other runs).
+    """
+    from edgecoe.memory import available_memory_bytes
+
+    available = available_memory_bytes()
+    return DeviceProfile(
+        name="default-cpu", memory="uma",
+        processors=[ProcessorProfile(id="cpu", budget_bytes=max(1, int(available * 0.4)), num_executors=2)],
+        sources={"*": "defaults: no profile given"},
+    )

@@ -1,0 +1,83 @@
+"""Admission: what a request must be before anything is queued.
+
+Inputs are checked against the package's declared request inputs (names,
+dtype, shape of one item, NaN/inf unless allowed), metadata against its
+declared keys and values, and the entry rule must pick a preliminary expert.
+A request that fails here raises :class:`InvalidInputError` and leaves no
+trace in the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from edgecoe.errors import InvalidInputError, RoutingError
+from edgecoe.package.manifest import Manifest
+from edgecoe.package.routing import entry_expert
+
+
+class Admission:
+    """Validates requests for one manifest; stateless after construction, so thread-safe."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self._input_specs = {s.name: s for s in manifest.inputs}
+        self._known_metadata = set(manifest.metadata) | {manifest.entry.key}
+
+    def admit(self, inputs: Mapping[str, np.ndarray],
+              metadata: Mapping[str, object] | None) -> tuple[dict[str, np.ndarray], str]:
+        """Check one request.
+
+        Returns:
+            (its inputs as arrays, the preliminary expert it goes to first).
+
+        Raises:
+            InvalidInputError: naming the input, key or value at fault.
+        """
+        arrays = self.inputs(inputs)
+        metadata = metadata or {}
+        self.metadata(metadata)
+        try:
+            first = entry_expert(self.manifest.entry, metadata)
+        except RoutingError as exc:
+            raise InvalidInputError(str(exc)) from None
+        return arrays, first
+
+    def inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = sorted(set(self._input_specs) - set(inputs))
+        extra = sorted(set(inputs) - set(self._input_specs))
+        if missing or extra:
+            raise InvalidInputError(f"request inputs {sorted(inputs)}: missing {missing}, unexpected {extra}")
+        out = {}
+        for name, spec in self._input_specs.items():
+            array = np.asarray(inputs[name])
+            if array.dtype != np.dtype(spec.dtype):
+                raise InvalidInputError(f"input {name!r} has dtype {array.dtype}, expected {spec.dtype}")
+            if len(array.shape) != len(spec.shape) or any(
+                    isinstance(d, int) and d != s for d, s in zip(spec.shape, array.shape, strict=False)):
+                raise InvalidInputError(f"input {name!r} has shape {list(array.shape)}, expected {spec.shape_str()} "
+                                        "(one item, no batch axis)")
+            if not spec.allow_non_finite and array.dtype.kind in "fc" and not np.isfinite(array).all():
+                bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+                raise InvalidInputError(f"input {name!r} has {bad} NaN/inf value(s); the package expects finite "
+                                        "values (its manifest input sets allow_non_finite: false)")
+            out[name] = array
+        return out
+
+    def metadata(self, metadata: Mapping[str, object]) -> None:
+        """Keys the package declares (or its entry key), scalar values, declared values only."""
+        unknown = sorted(set(metadata) - self._known_metadata)
+        if unknown:
+            raise InvalidInputError(f"request metadata has unknown key(s) {unknown}; the package knows "
+                                    f"{sorted(self._known_metadata)}")
+        for key, value in metadata.items():
+            if not isinstance(value, (str, int, float, bool)) or (isinstance(value, float) and not np.isfinite(value)):
+                raise InvalidInputError(f"request metadata {key}={value!r}: expected a string, integer, "
+                                        "finite number or boolean")
+            declared = self.manifest.metadata.get(key)
+            if declared is not None and declared.values is not None and str(value) not in declared.values:
+                shown = ", ".join(declared.values[:8]) + (", ..." if len(declared.values) > 8 else "")
+                raise InvalidInputError(f"request metadata {key}={value!r} is not one of the package's "
+                                        f"values ({shown})")
