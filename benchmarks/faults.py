@@ -25,6 +25,7 @@ import numpy as np
 
 from edgecoe.config import RuntimeConfig
 from edgecoe.errors import InvalidInputError
+from edgecoe.loaders import WrappedLoader
 from edgecoe.loaders.session import SessionLoader
 from edgecoe.package import load_package
 from edgecoe.profile import default_profile
@@ -48,20 +49,14 @@ class _Faulty:
         return self._session.run(names, feeds)
 
 
-class _FaultyLoader:
+class _FaultyLoader(WrappedLoader):
     """The session loader, with the faults above once ``armed``."""
 
     def __init__(self, inner: SessionLoader, broken: str, flaky: str, injected: Counter) -> None:
-        self.inner, self.broken, self.flaky, self.injected = inner, broken, flaky, injected
+        super().__init__(inner)
+        self.broken, self.flaky, self.injected = broken, flaky, injected
         self.armed = False
         self._count = itertools.count()
-
-    @property
-    def host(self):  # type: ignore[no-untyped-def]
-        return self.inner.host
-
-    def footprint_bytes(self, expert: str) -> int:
-        return self.inner.footprint_bytes(expert)
 
     def load(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
         if self.armed and expert == self.broken:
@@ -72,9 +67,6 @@ class _FaultyLoader:
             raise MemoryError("injected: std::bad_alloc")
         loaded = self.inner.load(expert, processor_id)
         return replace(loaded, handle=_Faulty(loaded.handle))
-
-    def unload(self, expert: str, loaded) -> None:  # type: ignore[no-untyped-def]
-        self.inner.unload(expert, loaded)
 
 
 def main() -> None:

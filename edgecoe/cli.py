@@ -124,7 +124,7 @@ def _check_output_dir(path: Path | None, option: str) -> None:
 
 
 def _write_json(path: Path, payload: object, console: Console) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    text = json.dumps(payload, indent=2, default=str) + "\n"  # key order is meaningful (bench entries)
     if str(path) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -505,9 +505,11 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
         def on_report(name: str, report: Any) -> None:
             if name not in tasks:
                 tasks[name] = progress.add_task(f"{name:<18}", total=num_requests, item="", rate="")
-            progress.update(tasks[name], completed=num_requests,
-                            rate=f"{report.throughput_rps:6.1f} req/s",
-                            item=f"{report.num_switches} switches{' (simulated)' if simulate else ''}")
+            summary = f"{report.num_switches} switches{' (simulated)' if simulate else ''}"
+            progress.update(tasks[name], completed=num_requests, rate=f"{report.throughput_rps:6.1f} req/s",
+                            item=summary)
+            if not console.is_terminal:  # a log gets one line per entry instead of a live bar
+                progress.console.print(f"  {name}: {report.throughput_rps:.1f} req/s, {summary}")
 
         yield on_warm, on_progress, on_report
 
@@ -614,7 +616,7 @@ def _print_report(console: Console, report: Any) -> None:
                       for p, b in report.peak_bytes.items())
     console.print(f"switches {report.num_switches} (experts loaded on demand), hits {report.num_hits}, "
                   f"prefetches {report.num_prefetches}, evictions {report.num_evictions}; "
-                  f"{format_bytes(report.bytes_loaded)} made resident; peak resident {peaks}")
+                  f"{format_bytes(report.bytes_loaded)} of footprint loaded during the run; peak resident {peaks}")
     for cause, count in sorted(report.errors.items(), key=lambda kv: -kv[1])[:5]:
         console.print(f"  {count} failed: {escape(cause)}")
     for expert, cause in report.quarantined.items():

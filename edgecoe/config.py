@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgecoe.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from edgecoe.sched.presets import Preset
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class RuntimeConfig:
     allow_cpu_fallback: bool = False
     use_optimized: bool = True
     intra_op_threads: int | None = None
-    verify: str = "quick"
+    verify: Literal["full", "quick"] = "quick"
     eviction: str | None = None
     scheduler: str | None = None
     prefetch: bool | None = None
@@ -93,14 +97,14 @@ class RuntimeConfig:
         if self.budget is not None:
             parse_budget(self.budget, total_bytes=1 << 40)  # syntax check; the share is resolved later
 
-    def resolved_preset(self):  # type: ignore[no-untyped-def]
+    def resolved_preset(self) -> Preset:
         """The preset with this config's overrides applied."""
         from dataclasses import replace
 
         from edgecoe.sched import get_preset
 
         preset = get_preset(self.policy)
-        changes = {k: v for k, v in (("scheduler", self.scheduler), ("eviction", self.eviction),
+        changes: dict[str, Any] = {k: v for k, v in (("scheduler", self.scheduler), ("eviction", self.eviction),
                                      ("prefetch", self.prefetch), ("preload", self.preload)) if v is not None}
         return replace(preset, **changes) if changes else preset
 

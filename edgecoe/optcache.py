@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import onnxruntime as ort
 
@@ -58,7 +59,7 @@ def machine_signature() -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-Create = Callable[[Path, str, "Path | None"], object]
+Create = Callable[[Path, Literal["none", "all"], "Path | None"], object]
 """``create(source, optimization, save_optimized_to)`` makes a session with the caller's providers and threads."""
 
 

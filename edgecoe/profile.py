@@ -3,7 +3,7 @@
 A profile says, per processor, how much memory resident experts may use and
 how many executors to run, and per architecture x processor kind what
 execution (latency ~ K*n + B) and loading cost. The runtime takes budgets,
-batch limits and cost estimates from here; ``edgecoe profile`` (issue 4)
+batch limits and cost estimates from here; ``edgecoe profile``
 measures them. Unknown fields are errors; every error names its field.
 """
 

@@ -594,6 +594,6 @@ def load(package: str | Path | Package, *, profile: str | Path | DeviceProfile |
     if overrides:
         config = replace(config, **overrides)
     config.validate()
-    pkg = package if isinstance(package, Package) else load_package(package, verify=config.verify)  # type: ignore[arg-type]
+    pkg = package if isinstance(package, Package) else load_package(package, verify=config.verify)
     prof = load_profile(profile) if isinstance(profile, (str, Path)) else profile
     return Runtime(pkg, config=config, profile=prof)

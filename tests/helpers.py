@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgecoe.loaders import WrappedLoader
+
 
 def linear_model(
     *, in_name: str = "x", out_name: str = "y", in_dim: int = 4, out_dim: int = 3, seed: int = 0,
@@ -183,17 +185,16 @@ class FlakySession:
         return self._session.run(names, feeds)
 
 
-class FaultyLoader:
+class FaultyLoader(WrappedLoader):
     """The real session loader, with faults injected on cue (:meth:`inject`).
 
-    Implements the expert-loader protocol by delegating to a ``SessionLoader``;
-    until :meth:`inject` is called it changes nothing (preloads stay clean).
+    Until :meth:`inject` is called it changes nothing (preloads stay clean).
     """
 
     def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
         from collections import Counter
 
-        self.inner = inner
+        super().__init__(inner)
         self.created: Counter = Counter()
         self.create_fails = None
         self.run_fails = None
@@ -205,13 +206,6 @@ class FaultyLoader:
         from edgecoe.profile import default_profile
 
         return cls(SessionLoader(package, profile or default_profile(), config))
-
-    @property
-    def host(self):  # type: ignore[no-untyped-def]
-        return self.inner.host
-
-    def footprint_bytes(self, expert: str) -> int:
-        return self.inner.footprint_bytes(expert)
 
     def load(self, expert: str, processor_id: str):  # type: ignore[no-untyped-def]
         from dataclasses import replace
@@ -227,9 +221,6 @@ class FaultyLoader:
         fail = (lambda feeds: run_fails(expert, feeds)) if run_fails else None
         before = (lambda feeds: before_run(expert, feeds)) if before_run else None
         return replace(loaded, handle=FlakySession(loaded.handle, fail, before))
-
-    def unload(self, expert: str, loaded) -> None:  # type: ignore[no-untyped-def]
-        self.inner.unload(expert, loaded)
 
     def inject(self, *, create_fails=None, run_fails=None, before_run=None):  # type: ignore[no-untyped-def]
         """From now on: ``create_fails(expert)`` -> an exception to raise instead of loading

@@ -165,3 +165,23 @@ def test_export_from_local_hf_model_via_optimum(tmp_path):
     pkg = load_package(report.package)
     assert [o.name for o in pkg.experts["e"].outputs] == ["logits"]
     assert pkg.experts["e"].outputs[0].shape[-1] == 3
+
+
+def test_framework_chatter_is_quiet_during_export_and_back_after(caplog):
+    """torch's exporter logs a warning per skipped op registry entry; transformers and optimum
+    log progress: none of it is actionable, so an export shows only their errors."""
+    import logging
+    import warnings
+
+    from edgecoe.export.sources import _quiet_framework_warnings
+
+    chatty = logging.getLogger("torch.onnx._internal.exporter._registration")
+    with caplog.at_level(logging.INFO), _quiet_framework_warnings():
+        chatty.warning("torchvision is not installed")
+        logging.getLogger("transformers.modeling_utils").info("loading weights")
+        logging.getLogger("optimum.exporters").error("a real problem")
+        warnings.warn("TracerWarning: converting a tensor to a Python boolean", UserWarning, stacklevel=1)
+    assert [r.getMessage() for r in caplog.records] == ["a real problem"]
+    with caplog.at_level(logging.WARNING):
+        chatty.warning("after the export")
+    assert caplog.records[-1].getMessage() == "after the export"

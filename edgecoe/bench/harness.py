@@ -139,12 +139,14 @@ def run_bench(
     Raises:
         InvalidInputError: an unknown entry, or simulated mode without a profile with costs.
     """
-    if simulate and profile is None:
-        raise InvalidInputError("simulated bench needs a device profile with per-architecture costs")
     for name in entries:
         entry_config(name, 1, 1)  # validate names before anything runs
-    fixed, budget_bytes, total = shared_profile(pkg, profile, budget) if not simulate else _sim_profile(
-        pkg, profile, budget)  # type: ignore[arg-type]
+    if simulate:
+        if profile is None:
+            raise InvalidInputError("simulated bench needs a device profile with per-architecture costs")
+        fixed, budget_bytes, total = _sim_profile(pkg, profile, budget)
+    else:
+        fixed, budget_bytes, total = shared_profile(pkg, profile, budget)
     if not simulate:
         from edgecoe.loaders.session import SessionLoader
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import sys
 import tempfile
 import warnings
@@ -195,9 +196,22 @@ def _quiet_framework_warnings() -> Iterator[None]:
     actionable for an edgecoe user; turned into errors (as tests do) they even
     break tracing with SystemError inside torch's C code.
     """
+    loggers = [logging.getLogger(name) for name in _FRAMEWORK_LOGGERS]
+    levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        # Their logging too (torch.onnx's registry lists every op it skips): errors only.
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+#: Frameworks whose log records are chatter during an export (their errors still show).
+_FRAMEWORK_LOGGERS = ("torch", "transformers", "optimum", "onnxscript")
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory[str]:

@@ -77,4 +77,25 @@ class ExpertLoader(Protocol[H]):
         ...
 
 
-__all__ = ["ExpertLoader", "LoadedExpert"]
+class WrappedLoader(Generic[H]):
+    """A loader that delegates to another: subclass it to observe or change some calls
+    (count loads, inject faults, wrap handles) and keep the rest as they are."""
+
+    def __init__(self, inner: ExpertLoader[H]) -> None:
+        self.inner = inner
+
+    @property
+    def host(self) -> HostStore | None:
+        return self.inner.host
+
+    def footprint_bytes(self, expert: str) -> int:
+        return self.inner.footprint_bytes(expert)
+
+    def load(self, expert: str, processor_id: str) -> LoadedExpert[H]:
+        return self.inner.load(expert, processor_id)
+
+    def unload(self, expert: str, loaded: LoadedExpert[H]) -> None:
+        self.inner.unload(expert, loaded)
+
+
+__all__ = ["ExpertLoader", "LoadedExpert", "WrappedLoader"]

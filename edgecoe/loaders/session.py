@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, cast
 
 from onnxruntime import InferenceSession as Session
 
@@ -28,7 +29,7 @@ from edgecoe.memory import measure_footprint
 from edgecoe.optcache import Create, OptimizedModelCache, default_cache_dir
 from edgecoe.package import Package
 from edgecoe.profile import DeviceProfile
-from edgecoe.providers import ProviderChoice, choose_providers, create_session
+from edgecoe.providers import Optimization, ProviderChoice, choose_providers, create_session
 from edgecoe.sched.types import build_executors
 
 
@@ -94,7 +95,7 @@ class SessionLoader:
             assert cache is not None
             model, sha, names, create = cached
             if self._host is None:
-                return cache.session(model, sha, names, create)  # type: ignore[return-value]
+                return cast(Session, cache.session(model, sha, names, create))
             # NUMA: the host tier holds the optimized entry's bytes (disk -> host -> device).
             cache.ensure(model, sha, names, create)
             entry = cache.entry_path(model, sha, names)
@@ -129,10 +130,9 @@ class SessionLoader:
             progress(total, total)
         return built
 
-    def _session(self, source: Path | bytes, processor_id: str, level: str,
+    def _session(self, source: Path | bytes, processor_id: str, level: Optimization,
                  save: Path | None = None) -> Session:
-        return create_session(source, providers=self.choices[processor_id].providers,
-                              optimization=level,  # type: ignore[arg-type]
+        return create_session(source, providers=self.choices[processor_id].providers, optimization=level,
                               save_optimized_to=save, intra_op_threads=self._threads[processor_id])
 
     def _model_path(self, expert: str) -> tuple[Path, bool]:
@@ -153,7 +153,7 @@ class SessionLoader:
         path, optimized = self._model_path(expert)
         sha = (record.optimized if optimized and record.optimized else record.model).sha256
 
-        def create(source: Path, level: str, save: Path | None) -> object:
+        def create(source: Path, level: Literal["none", "all"], save: Path | None) -> object:
             return self._session(source, processor_id, level, save)
 
         return path, sha, names, create

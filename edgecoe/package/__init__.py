@@ -6,9 +6,9 @@ them); the loader and writer, which read and write ONNX files, load on first use
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from edgecoe._lazy import lazy_attributes
 from edgecoe.package.manifest import MANIFEST_NAME, ExpertRecord, Manifest, TensorSpec
 from edgecoe.package.routing import (
     ExpertGraph,
@@ -28,14 +28,7 @@ if TYPE_CHECKING:
     from edgecoe.package.writer import PackageWriter
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecoe.package' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "MANIFEST_NAME",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +56,7 @@ def get_preset(name: str) -> Preset:
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(PRESETS)}") from None
+    return _lookup(PRESETS, name, "policy")
 
 
 def prefetch_enabled(preset: Preset, processor_kind: str) -> bool:
@@ -110,7 +110,11 @@ def get_bench_entry(name: str) -> BenchEntry:
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
+    return _lookup(BENCH_ENTRIES, name, "bench entry")
+
+
+def _lookup(registry: dict[str, T], name: str, what: str) -> T:
     try:
-        return BENCH_ENTRIES[name]
+        return registry[name]
     except KeyError:
-        raise ValueError(f"unknown bench entry {name!r}; valid: {', '.join(BENCH_ENTRIES)}") from None
+        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(registry)}") from None
