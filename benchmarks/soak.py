@@ -56,7 +56,7 @@ def main() -> None:
     with Runtime(pkg, config=RuntimeConfig(policy=args.policy, budget=args.budget)) as runtime:
         cache = runtime.caches["cpu"]
         print(f"{pkg.name}: {args.requests} requests, policy {args.policy}, budget {cache.budget_bytes / 1e6:.1f} MB "
-              f"of {runtime.total_footprint_bytes / 1e6:.1f} MB, {args.threads} client threads")
+              f"of {runtime.engine.total_footprint_bytes / 1e6:.1f} MB, {args.threads} client threads")
 
         def done(future) -> None:  # type: ignore[no-untyped-def]
             nonlocal served, failed

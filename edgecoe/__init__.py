@@ -37,14 +37,15 @@ _LAZY = {
     "Report": "edgecoe.results",
     "Result": "edgecoe.results",
     "Runtime": "edgecoe.runtime",
-    "load": "edgecoe.runtime",
+    "load": "edgecoe.api",
 }
 
 if TYPE_CHECKING:
+    from edgecoe.api import load
     from edgecoe.config import RuntimeConfig
     from edgecoe.package import Package, load_package
     from edgecoe.results import CloseOutcome, Report, Result
-    from edgecoe.runtime import Runtime, load
+    from edgecoe.runtime import Runtime
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -13,6 +13,8 @@ import ctypes
 import ctypes.util
 import gc
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +60,34 @@ def trim_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+class HeapTrimmer:
+    """Gives evicted sessions' memory back to the OS after evictions, rate-limited.
+
+    NOTE: glibc keeps a deleted session's memory in its arenas; trimming after
+    every eviction would cost more than it frees, so at most once per
+    ``min_interval_s`` and only when evictions happened since the last trim.
+    Thread-safe.
+    """
+
+    def __init__(self, *, min_interval_s: float = 0.05, trim: Callable[[], bool] | None = None) -> None:
+        self.min_interval_s = min_interval_s
+        self._trim = trim or trim_heap
+        self._lock = threading.Lock()
+        self._evictions_at_trim = 0
+        self._last_trim = float("-inf")
+
+    def after(self, num_evictions: int) -> bool:
+        """Trim if ``num_evictions`` (a running count) grew and the interval passed; True when it trimmed."""
+        now = time.monotonic()
+        with self._lock:
+            if num_evictions == self._evictions_at_trim or now - self._last_trim < self.min_interval_s:
+                return False
+            self._evictions_at_trim = num_evictions
+            self._last_trim = now
+        self._trim()
+        return True
 
 
 def release_freed_memory() -> bool:

@@ -21,14 +21,12 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgecoe.admission import Admission
 from edgecoe.cache import ExpertCache
-from edgecoe.cache.host import HostStore
 from edgecoe.config import RuntimeConfig
 from edgecoe.engine import CacheTotals, Engine, build_engine
 from edgecoe.errors import (
@@ -38,25 +36,22 @@ from edgecoe.errors import (
     RequestError,
     RoutingError,
 )
+from edgecoe.execution import Outputs, run_isolating
 from edgecoe.health import ExpertHealth
 from edgecoe.loaders import ExpertLoader, LoadedExpert
-from edgecoe.memory import release_freed_memory, trim_heap
-from edgecoe.package import Package, load_package
-from edgecoe.package.manifest import ExpertRecord, Route
-from edgecoe.package.routing import edge_fractions, entry_expert, next_experts
+from edgecoe.memory import HeapTrimmer, release_freed_memory
+from edgecoe.package import Package
+from edgecoe.package.manifest import Route
+from edgecoe.package.routing import expected_uses, next_experts
 from edgecoe.profile import DeviceProfile, default_profile
 from edgecoe.results import CloseOutcome, Report, Result
 from edgecoe.sched import ExecutorInfo, SchedulingPolicy, Task
-from edgecoe.sched.prefetch import likely_successors
-from edgecoe.sched.presets import Preset
+from edgecoe.sched.prefetch import NeededCounts, likely_successors
 from edgecoe.sched.types import Batch
 from edgecoe.timeline import Timeline
 from edgecoe.workload import Workload, materialize
 
 logger = logging.getLogger(__name__)
-
-_Outputs = dict[str, np.ndarray]
-
 
 @dataclass
 class _Request:
@@ -68,8 +63,8 @@ class _Request:
     submitted_ms: float
     pending: int = 1  # tasks not finished yet (fan-out adds some)
     path: list[str] = field(default_factory=list)
-    leaves: dict[str, _Outputs] = field(default_factory=dict)
-    last_outputs: _Outputs = field(default_factory=dict)
+    leaves: dict[str, Outputs] = field(default_factory=dict)
+    last_outputs: Outputs = field(default_factory=dict)
     failed: bool = False
 
 
@@ -85,24 +80,6 @@ def _payload(task: Task) -> _Payload:
     payload = task.payload
     assert isinstance(payload, _Payload), "every runtime task carries a _Payload"
     return payload
-
-
-class _NeededView:
-    """Live ``in`` test over the experts queued or running tasks need.
-
-    Handed to the cache as the prefetch's protect set: the cache asks it at
-    eviction time, so a task queued after the prefetch was decided is covered
-    too. Reads a dict the runtime updates under its lock; a single ``get``
-    needs no lock of its own.
-    """
-
-    __slots__ = ("_counts",)
-
-    def __init__(self, counts: dict[str, int]) -> None:
-        self._counts = counts
-
-    def __contains__(self, expert: object) -> bool:
-        return isinstance(expert, str) and self._counts.get(expert, 0) > 0
 
 
 class Runtime:
@@ -143,13 +120,11 @@ class Runtime:
         self._seq = itertools.count()
         self._requests: dict[str, _Request] = {}
         self._errors: dict[str, int] = {}
-        self._needed: dict[str, int] = {}  # expert -> tasks queued or running for it
-        self._needed_view = _NeededView(self._needed)
+        self._needed = NeededCounts()  # what queued and running tasks need: a prefetch never evicts it
         self._prefetch_hints: list[tuple[str, list[str]]] = []
         self._prefetching = False
         self.health = ExpertHealth(threshold=self.config.quarantine_after, quarantine_s=self.config.quarantine_s)
-        self._trimmed_at_evictions = 0
-        self._last_trim = 0.0
+        self._trimmer = HeapTrimmer()
         self._threads = [threading.Thread(target=self._executor_loop, args=(e,), daemon=True,
                                           name=f"edgecoe-executor-{e.index}") for e in self.executors]
         self._prefetch_on = {p.id: self.engine.prefetches_on(p.kind) for p in self.profile.processors}
@@ -167,10 +142,6 @@ class Runtime:
         return self.engine.profile
 
     @property
-    def preset(self) -> Preset:
-        return self.engine.preset
-
-    @property
     def caches(self) -> dict[str, ExpertCache[LoadedExpert[Any]]]:
         return self.engine.caches
 
@@ -181,19 +152,6 @@ class Runtime:
     @property
     def executors(self) -> list[ExecutorInfo]:
         return self.engine.executors
-
-    @property
-    def host(self) -> HostStore | None:
-        """The NUMA host-memory tier, if the profile has one."""
-        return self.loader.host
-
-    def footprint(self, expert: str) -> int:
-        """Bytes an expert occupies once resident."""
-        return self.engine.footprint(expert)
-
-    @property
-    def total_footprint_bytes(self) -> int:
-        return self.engine.total_footprint_bytes
 
     def now_ms(self) -> float:
         return (time.perf_counter() - self._start) * 1e3
@@ -232,7 +190,7 @@ class Runtime:
         Args:
             progress: called with (finished, total) as requests finish.
         """
-        self.engine.set_future(self._expected_uses(workload))
+        self.engine.set_future(expected_uses(self.package.manifest, [r.metadata for r in workload.requests]))
         total = len(workload)
         done = 0
         done_lock = threading.Lock()
@@ -278,20 +236,6 @@ class Runtime:
             num_requests=num_requests, latencies_ms=latencies_ms, wall_s=wall_s, since=since, errors=errors,
             startup_s=self.startup_s, quarantined=self.health.quarantined(self.now_ms() / 1e3),
             expert_failures=self.health.failures())
-
-    def _expected_uses(self, workload: Workload) -> list[str]:
-        """Belady eviction needs the future: each request's first expert and, where its
-        route more likely goes on than not, the successor (real routing is unknown ahead)."""
-        future: list[str] = []
-        for request in workload.requests:
-            try:
-                first = entry_expert(self.package.manifest.entry, request.metadata)
-            except RoutingError:
-                continue
-            future.append(first)
-            shares = edge_fractions(self.package.experts[first], None)
-            future.extend(name for name, share in shares.items() if share >= 0.5)
-        return future
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until no task is queued or running and no prefetch is under way.
@@ -345,7 +289,7 @@ class Runtime:
                 batch = self.scheduler.pop_batch(executor, self.now_ms())
                 if batch is not None:
                     for task in batch.tasks:
-                        self._needed_done_locked(task.expert)
+                        self._needed.done(task.expert)
                         self._fail_request_locked(_payload(task).request, task.expert,
                                                   f"cancelled: {why}", RequestCancelled)
 
@@ -371,7 +315,7 @@ class Runtime:
             finally:
                 with self._work:
                     for task in batch.tasks:
-                        self._needed_done_locked(task.expert)
+                        self._needed.done(task.expert)
                     self.scheduler.batch_done(info.index, self.now_ms())
                     self._work.notify_all()
 
@@ -400,68 +344,27 @@ class Runtime:
         if self.timeline is not None and not acquired.hit:
             self.timeline.span("load", expert, info.index, acquire_start, self.now_ms() - acquire_start)
         record = self.package.experts[expert]
+        tasks = batch.tasks
+        run_start = self.now_ms()
         try:
-            done, failed = self._execute_isolating(acquired.handle.handle, record, batch.tasks, info)
+            outcome = run_isolating(acquired.handle.handle, record, [_payload(t).inputs for t in tasks])
         finally:
             cache.release(expert)
-            self._maybe_trim(cache)
-        if done:
-            self.health.succeeded(expert)
-        elif failed:
-            self._expert_failed(expert, failed[0][1])
-        with self._work:
-            for task, cause in failed:
-                self._fail_locked(task, cause)
-            for task, outputs, index in done:
-                self._route_locked(task, record.route, outputs, index)
-            self._work.notify_all()
-
-    def _execute_isolating(
-        self, session: Any, record: ExpertRecord, tasks: list[Task], info: ExecutorInfo,
-    ) -> tuple[list[tuple[Task, _Outputs, int]], list[tuple[Task, str]]]:
-        """Run a batch; if it fails, run its items one by one so that one bad
-        item fails alone and its batch mates still complete.
-
-        Returns:
-            (task, batch outputs, row) for each item that ran, (task, cause) for each that failed.
-        """
-        expert = tasks[0].expert
-        try:
-            started, run_start = time.perf_counter(), self.now_ms()
-            outputs = self._execute(session, record, tasks)
-            self.engine.cost.observe_exec(expert, info.kind, len(tasks), (time.perf_counter() - started) * 1e3)
+            self._trimmer.after(cache.stats.num_evictions)  # evicted sessions' memory back to the OS
+        if outcome.batch_ms is not None:
+            self.engine.cost.observe_exec(expert, info.kind, len(tasks), outcome.batch_ms)
             if self.timeline is not None:
-                self.timeline.span(f"batch[{len(tasks)}]", expert, info.index, run_start, self.now_ms() - run_start)
-            return [(task, outputs, i) for i, task in enumerate(tasks)], []
-        except Exception as exc:
-            if len(tasks) == 1:
-                return [], [(tasks[0], f"{type(exc).__name__}: {exc}")]
-        done, failed = [], []
-        for task in tasks:
-            try:
-                done.append((task, self._execute(session, record, [task]), 0))
-            except Exception as exc:
-                failed.append((task, f"{type(exc).__name__}: {exc}"))
-        return done, failed
-
-    @staticmethod
-    def _execute(session: Any, record: ExpertRecord, tasks: list[Task]) -> _Outputs:
-        """Run a batch; items whose input shapes differ run in separate same-shape groups."""
-        names = [s.name for s in record.inputs]
-        output_names = [s.name for s in record.outputs]
-        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}  # input shapes -> task indices
-        for i, task in enumerate(tasks):
-            key = tuple(_payload(task).inputs[n].shape for n in names)
-            groups.setdefault(key, []).append(i)
-        per_item: list[_Outputs] = [{} for _ in tasks]
-        for indices in groups.values():
-            feeds = {n: np.stack([_payload(tasks[i]).inputs[n] for i in indices]) for n in names}
-            results = session.run(output_names, feeds)
-            for name, array in zip(output_names, results, strict=False):
-                for row, i in enumerate(indices):
-                    per_item[i][name] = array[row]
-        # Re-stack per output so routing sees [batch, ...] arrays in task order.
-        return {name: np.stack([item[name] for item in per_item]) for name in output_names}
+                self.timeline.span(f"batch[{len(tasks)}]", expert, info.index, run_start, outcome.batch_ms)
+        if outcome.ran:
+            self.health.succeeded(expert)
+        elif outcome.failed:
+            self._expert_failed(expert, outcome.failed[0][1])
+        with self._work:
+            for i, cause in outcome.failed:
+                self._fail_locked(tasks[i], cause)
+            for i, outputs, row in outcome.ran:
+                self._route_locked(tasks[i], record.route, outputs, row)
+            self._work.notify_all()
 
     def _expert_failed(self, expert: str, cause: str) -> None:
         if self.health.failed(expert, cause, self.now_ms() / 1e3):
@@ -474,22 +377,8 @@ class Runtime:
                 self._fail_locked(task, cause)
             self._work.notify_all()
 
-    def _maybe_trim(self, cache: ExpertCache[Any]) -> None:
-        """Give evicted sessions' memory back to the OS (glibc keeps it otherwise).
-
-        Rate-limited: at most once per 50 ms, and only after evictions happened.
-        """
-        evictions = cache.stats.num_evictions
-        now = time.perf_counter()
-        with self._lock:
-            if evictions == self._trimmed_at_evictions or now - self._last_trim < 0.05:
-                return
-            self._trimmed_at_evictions = evictions
-            self._last_trim = now
-        trim_heap()
-
     # -- routing and bookkeeping (all under the lock) -----------------------------------------
-    def _route_locked(self, task: Task, route: Route, outputs: _Outputs, index: int) -> None:
+    def _route_locked(self, task: Task, route: Route, outputs: Outputs, index: int) -> None:
         request = _payload(task).request
         if request.failed:
             return
@@ -513,15 +402,8 @@ class Runtime:
             self._enqueue_locked(Task(request.id, target, now, next(self._seq), _Payload(request, inputs)), now)
 
     def _enqueue_locked(self, task: Task, now: float) -> None:
-        self._needed[task.expert] = self._needed.get(task.expert, 0) + 1
+        self._needed.add(task.expert)
         self.scheduler.add(task, now)
-
-    def _needed_done_locked(self, expert: str) -> None:
-        left = self._needed[expert] - 1
-        if left:
-            self._needed[expert] = left
-        else:
-            del self._needed[expert]
 
     def _finish_task_locked(self, request: _Request) -> None:
         request.pending -= 1
@@ -568,32 +450,8 @@ class Runtime:
                 self._prefetching = True
             try:
                 experts = [e for e in experts if self.health.blocked(e, self.now_ms() / 1e3) is None]
-                self.engine.prefetch(processor_id, experts, protect=self._needed_view)
+                self.engine.prefetch(processor_id, experts, protect=self._needed)
             finally:
                 with self._work:
                     self._prefetching = False
                     self._work.notify_all()
-
-
-def load(package: str | Path | Package, *, profile: str | Path | DeviceProfile | None = None,
-         policy: str = "edgecoe", config: RuntimeConfig | None = None, **overrides: Any) -> Runtime:
-    """Load a package and start a runtime for it.
-
-    Args:
-        package: package directory (or a loaded :class:`Package`).
-        profile: device profile (path or object); default: this machine's defaults.
-        policy: preset name, used when ``config`` is not given.
-        config: full configuration; ``overrides`` replace its fields.
-
-    Raises:
-        PackageError, ProfileError, InvalidInputError, ProviderUnavailableError.
-    """
-    from edgecoe.profile import load_profile
-
-    config = config or RuntimeConfig(policy=policy)
-    if overrides:
-        config = replace(config, **overrides)
-    config.validate()
-    pkg = package if isinstance(package, Package) else load_package(package, verify=config.verify)
-    prof = load_profile(profile) if isinstance(profile, (str, Path)) else profile
-    return Runtime(pkg, config=config, profile=prof)

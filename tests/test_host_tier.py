@@ -37,7 +37,7 @@ def test_numa_runtime_loads_through_host_tier(pcb_small):
     trace = generate_workload(pkg.manifest, num_requests=60, dist="uniform", seed=2)
     with Runtime(pkg, config=RuntimeConfig(policy="samba", budget="30%"), profile=profile) as runtime:
         report = runtime.run(trace)
-        assert runtime.host is not None
-        assert runtime.host.stats.num_hits > 0 and runtime.host.stats.num_evictions > 0
+        assert runtime.loader.host is not None
+        assert runtime.loader.host.stats.num_hits > 0 and runtime.loader.host.stats.num_evictions > 0
     assert report.num_completed == 60
     assert report.peak_bytes["host"] <= report.budget_bytes["host"] == 60_000_000

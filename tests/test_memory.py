@@ -64,3 +64,16 @@ def test_gpu_memory_through_nvml(monkeypatch):
     assert memory.cuda_total_memory_bytes(1) is None and calls[-1] == "shutdown"
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
     assert memory.cuda_total_memory_bytes(0) is None
+
+
+def test_heap_trimmer_trims_after_evictions_at_most_once_per_interval():
+    from edgecoe.memory import HeapTrimmer
+
+    calls = []
+    trimmer = HeapTrimmer(min_interval_s=3600.0, trim=lambda: calls.append(1) or True)
+    assert not trimmer.after(0)  # nothing evicted yet
+    assert trimmer.after(2) and len(calls) == 1
+    assert not trimmer.after(5)  # within the interval
+    eager = HeapTrimmer(min_interval_s=0.0, trim=lambda: calls.append(1) or True)
+    assert eager.after(1) and not eager.after(1) and eager.after(2)
+    assert len(calls) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from helpers import chain_spec, write_spec  # noqa: F401 - fixture module on sys.path
 
 from edgecoe.cache import ExpertCache, create_eviction_policy
@@ -84,18 +85,21 @@ def test_runtime_prefetch_when_forced(pcb_small):
 def test_protect_view_is_read_at_eviction_time():
     """A task queued after the prefetch was decided is still protected: the
     runtime hands the cache a live view of what queued and running tasks need."""
-    from edgecoe.runtime import _NeededView
+    from edgecoe.sched.prefetch import NeededCounts
 
     sizes = {"old": 30, "queued-late": 30, "next": 30}
     cache = cache_of(sizes, 60)
     for e in ("old", "queued-late"):
         cache.acquire(e)
         cache.release(e)
-    needed: dict[str, int] = {}
-    view = _NeededView(needed)
-    needed["queued-late"] = 1  # queued after the view was handed out
-    assert maybe_prefetch(cache, ["next"], protect=view) == ["next"]
+    needed = NeededCounts()
+    needed.add("queued-late")  # queued after the view was handed out
+    assert maybe_prefetch(cache, ["next"], protect=needed) == ["next"]
     assert cache.resident() == {"queued-late", "next"}
-    needed["next"] = 2
-    needed["queued-late"] = 1
-    assert maybe_prefetch(cache, ["old"], protect=view) == []  # everything evictable is needed
+    needed.add("next")
+    assert maybe_prefetch(cache, ["old"], protect=needed) == []  # everything evictable is needed
+    needed.done("next")
+    needed.done("queued-late")
+    assert not needed and "next" not in needed
+    with pytest.raises(KeyError):
+        needed.done("next")

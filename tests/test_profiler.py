@@ -79,7 +79,7 @@ def test_quick_profile_is_valid_and_run_uses_it(pcb_small, tmp_path):
         assert runtime.caches["cpu"].budget_bytes == alloc.budget_bytes
         assert len(runtime.executors) == alloc.num_executors["cpu"]
         arch = pkg.experts["cls-res-0201"].architecture
-        assert runtime.footprint("cls-res-0201") == again.costs[arch]["cpu"].footprint_bytes
+        assert runtime.engine.footprint("cls-res-0201") == again.costs[arch]["cpu"].footprint_bytes
         report = runtime.run(generate_workload(pkg.manifest, num_requests=30, seed=1))
     assert report.num_completed == 30 and report.profile == again.name
     # run picks it as the best match for this machine and package when it sits in device_profiles/

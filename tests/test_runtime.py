@@ -200,7 +200,7 @@ def test_expert_that_never_fits_is_a_startup_error(pkg):
 
 def test_load_api_and_context_manager(pcb_small):
     with edgecoe.load(pcb_small, policy="coserve", budget="50%") as runtime:
-        assert runtime.preset.scheduler == "coserve"
+        assert runtime.engine.preset.scheduler == "coserve"
         assert runtime.caches["cpu"].used_bytes > 0  # preloaded
     with pytest.raises(InvalidInputError, match="unknown policy 'fast'"):
         edgecoe.load(pcb_small, policy="fast")

@@ -95,7 +95,14 @@ def test_cli_run_simulate(pkg, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["simulated"] is True and data["num_completed"] == 200
-    result = CliRunner().invoke(main, ["run", str(pkg.root), "--simulate"])
+    # without --profile: the profile picked for this machine and package, said so
+    result = CliRunner().invoke(main, ["run", str(pkg.root), "--simulate", "--requests", "50"])
+    assert result.exit_code == 0, result.output
+    assert "picked automatically" in " ".join(result.output.split()) and "completed 50/50" in result.output
+
+
+def test_cli_run_simulate_without_any_profile_is_one_error(chain_package):
+    result = CliRunner().invoke(main, ["run", str(chain_package), "--simulate"])
     assert result.exit_code == 2 and "--profile" in result.output
 
 

@@ -5,7 +5,7 @@ Pure functions over the manifest's rules and numpy outputs; no ONNX Runtime.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +214,22 @@ def declared_usage_probabilities(manifest: Manifest) -> dict[str, float]:
             if target in prob:
                 prob[target] += prob[name] * share
     return {name: min(1.0, p) for name, p in prob.items()}
+
+
+def expected_uses(manifest: Manifest, requests_metadata: Iterable[Mapping[str, object]]) -> list[str]:
+    """The order experts are likely used in, for look-ahead eviction (Belady): each
+    request's preliminary expert and, where its route more likely goes on than not,
+    the successor. Requests whose metadata matches no entry are left out."""
+    uses: list[str] = []
+    for metadata in requests_metadata:
+        try:
+            first = entry_expert(manifest.entry, metadata)
+        except RoutingError:
+            continue
+        uses.append(first)
+        shares = edge_fractions(manifest.experts[first], None)
+        uses.extend(name for name, share in shares.items() if share >= 0.5)
+    return uses
 
 
 def static_num_classes(expert: ExpertRecord) -> int | None:

@@ -43,3 +43,35 @@ def maybe_prefetch(cache: ExpertCache, experts: Iterable[str], *, protect: Conta
             cache.release(expert)
             loaded.append(expert)
     return loaded
+
+
+class NeededCounts:
+    """How many queued or running tasks need each expert; ``in`` is live.
+
+    Handed to the cache as a prefetch's protect set: the cache asks it at
+    eviction time, so a task queued after the prefetch was decided is covered
+    too. The owner updates it under its own lock; a single ``in`` (one dict
+    ``get``) needs no lock of its own.
+    """
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}  # expert -> tasks queued or running for it
+
+    def add(self, expert: str) -> None:
+        self._counts[expert] = self._counts.get(expert, 0) + 1
+
+    def done(self, expert: str) -> None:
+        """One task for ``expert`` ended. Raises KeyError if none was counted."""
+        left = self._counts[expert] - 1
+        if left:
+            self._counts[expert] = left
+        else:
+            del self._counts[expert]
+
+    def __contains__(self, expert: object) -> bool:
+        return isinstance(expert, str) and self._counts.get(expert, 0) > 0
+
+    def __bool__(self) -> bool:
+        return bool(self._counts)
