@@ -13,9 +13,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgecoe.errors import InvalidInputError, RoutingError
+from edgecoe.errors import InvalidInputError, RoutingError, WorkloadError
 from edgecoe.package.manifest import Manifest
 from edgecoe.package.routing import entry_expert
+from edgecoe.workload import Workload, materialize
 
 
 class Admission:
@@ -37,7 +38,7 @@ class Admission:
             InvalidInputError: naming the input, key or value at fault.
         """
         arrays = self.inputs(inputs)
-        metadata = metadata or {}
+        metadata = {} if metadata is None else metadata
         self.metadata(metadata)
         try:
             first = entry_expert(self.manifest.entry, metadata)
@@ -46,13 +47,21 @@ class Admission:
         return arrays, first
 
     def inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The request's inputs, checked and copied (read-only): a caller changing its arrays
+        after submit cannot change what the model sees, nor bypass the checks."""
+        if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
+            raise InvalidInputError(f"request inputs must be a mapping of input name to array, got "
+                                    f"{type(inputs).__name__}")
         missing = sorted(set(self._input_specs) - set(inputs))
         extra = sorted(set(inputs) - set(self._input_specs))
         if missing or extra:
             raise InvalidInputError(f"request inputs {sorted(inputs)}: missing {missing}, unexpected {extra}")
         out = {}
         for name, spec in self._input_specs.items():
-            array = np.asarray(inputs[name])
+            if not isinstance(inputs[name], (np.ndarray, np.generic, list, tuple, int, float, bool)):
+                raise InvalidInputError(f"input {name!r} is a {type(inputs[name]).__name__}, expected a numpy array")
+            array = np.array(inputs[name], copy=True)
+            array.setflags(write=False)
             if array.dtype != np.dtype(spec.dtype):
                 raise InvalidInputError(f"input {name!r} has dtype {array.dtype}, expected {spec.dtype}")
             if len(array.shape) != len(spec.shape) or any(
@@ -68,6 +77,9 @@ class Admission:
 
     def metadata(self, metadata: Mapping[str, object]) -> None:
         """Keys the package declares (or its entry key), scalar values, declared values only."""
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+            raise InvalidInputError(f"request metadata must be a mapping of string keys to values, got "
+                                    f"{type(metadata).__name__}")
         unknown = sorted(set(metadata) - self._known_metadata)
         if unknown:
             raise InvalidInputError(f"request metadata has unknown key(s) {unknown}; the package knows "
@@ -81,3 +93,22 @@ class Admission:
                 shown = ", ".join(declared.values[:8]) + (", ..." if len(declared.values) > 8 else "")
                 raise InvalidInputError(f"request metadata {key}={value!r} is not one of the package's "
                                         f"values ({shown})")
+
+
+def check_trace(workload: Workload, manifest: Manifest, *, limit: int = 20) -> list[str]:
+    """Every problem a run of ``workload`` on ``manifest`` would meet at submit, found before anything runs.
+
+    The same checks ``submit`` makes (metadata, entry rule, inputs) on each request's
+    materialised inputs. Returns up to ``limit`` problems, each naming its request.
+    """
+    admission = Admission(manifest)
+    problems: list[str] = []
+    for request in workload.requests:
+        try:
+            admission.admit(materialize(request, manifest.inputs, workload.base_dir), request.metadata)
+        except (InvalidInputError, WorkloadError) as exc:
+            text = str(exc)
+            problems.append(text if text.startswith(f"request {request.id}") else f"request {request.id}: {text}")
+            if len(problems) >= limit:
+                break
+    return problems

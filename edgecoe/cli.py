@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import edgecoe
 from edgecoe.errors import EdgecoeError
 from edgecoe.sched.presets import ABLATION, BENCH_ENTRIES, DEFAULT_BENCH_ENTRIES, PRESETS
+from edgecoe.schema import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,9 +70,10 @@ def _errors_are_one_line(func: F) -> F:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The error for the terminal: control characters from names and files escaped."""
     if isinstance(exc, OSError) and exc.filename is not None:  # a file the user named
-        return f"{exc.filename}: {exc.strerror or exc}"
-    return str(exc)
+        return printable(f"{exc.filename}: {exc.strerror or exc}")
+    return printable(str(exc))
 
 
 class _Group(click.Group):
@@ -102,7 +104,8 @@ def _progress(console: Console, *, rate: bool = False) -> Progress:
     if rate:
         columns.append(TextColumn("{task.fields[rate]}"))
     columns.append(TextColumn("{task.fields[item]}"))
-    return Progress(*columns, console=console, transient=False)
+    # transient: a live bar disappears when its step ends (or fails); what a step found is printed
+    return Progress(*columns, console=console, transient=True)
 
 
 # -- output options: checked before any work --------------------------------------------
@@ -142,6 +145,18 @@ def _json_option(what: str) -> Callable[[F], F]:
 def _epilog(*examples: str) -> str:
     """A help epilog with examples, kept verbatim by click (``\\b``)."""
     return "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples)
+
+
+class _PackagePath(click.Path):
+    """A package directory argument; an empty one is a mistake, not the current directory."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path; give a package directory (or none, for the bundled demo)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PACKAGE = _PackagePath(path_type=Path)
 
 
 # -- the group ----------------------------------------------------------------------------
@@ -207,7 +222,7 @@ def export(spec: Path, output: Path, force: bool, allow_custom_ops: bool) -> Non
 
 @main.command(epilog=_epilog("edgecoe inspect models/pcb-small",
                              "edgecoe inspect models/pcb-small --json - | jq .num_experts"))
-@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("package", type=PACKAGE)
 @_json_option("the package summary")
 @click.option("--quick", is_flag=True, help="Skip checksums and ONNX parsing (sizes and paths only).")
 @_errors_are_one_line
@@ -269,6 +284,18 @@ def _build_demo(console: Console, recipe: str, dest: Path, *, overwrite: bool = 
         return build(recipe, dest, force=overwrite, progress=step)
 
 
+def _refuse_bad_requests(trace: Any, pkg: Any) -> None:
+    from edgecoe.admission import check_trace
+    from edgecoe.errors import WorkloadError
+
+    problems = check_trace(trace, pkg.manifest)
+    if len(problems) == 1:
+        raise WorkloadError(f"workload has a request this package refuses: {problems[0]}")
+    if problems:
+        raise WorkloadError(f"workload has requests this package refuses ({len(problems)} shown):\n  "
+                            + "\n  ".join(problems))
+
+
 def _demo_package(console: Console) -> Path:
     """The bundled demo package, built on first use."""
     path = DEFAULT_MODELS_DIR / "pcb-small"
@@ -286,7 +313,7 @@ def workload() -> None:
 
 @workload.command("generate", epilog=_epilog(
     "edgecoe workload generate models/pcb-small -o w.jsonl --requests 2000 --rate 250 --seed 3"))
-@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("package", type=PACKAGE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Trace file to write (JSONL).")
 @click.option("--requests", "num_requests", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -312,22 +339,25 @@ def workload_generate(package: Path, output: Path, num_requests: int, dist: str,
     click.echo(f"wrote {output}: {len(trace)} requests over {span:.1f} s ({dist}, seed {seed})")
 
 
-@workload.command("check", epilog=_epilog("edgecoe workload check w.jsonl"))
+@workload.command("check", epilog=_epilog("edgecoe workload check w.jsonl models/pcb-small"))
 @click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("package", required=False, type=PACKAGE)
 @_errors_are_one_line
-def workload_check(trace: Path) -> None:
-    """Validate a trace file and summarise it."""
+def workload_check(trace: Path, package: Path | None) -> None:
+    """Validate TRACE for PACKAGE (default: the bundled demo) exactly as `edgecoe run` does, and summarise it."""
     from edgecoe.workload import read_workload
 
     parsed = read_workload(trace)
+    pkg = edgecoe.load_package(package or _demo_package(_console()), verify="quick")
+    _refuse_bad_requests(parsed, pkg)
     span = parsed.requests[-1].arrival_ms / 1000.0
-    click.echo(f"{trace}: {len(parsed)} requests over {span:.1f} s, valid")
+    click.echo(printable(f"{trace}: {len(parsed)} requests over {span:.1f} s, valid for {pkg.name}"))
 
 
 # -- profile -----------------------------------------------------------------------------
 @main.command(epilog=_epilog("edgecoe profile models/pcb-small --quick -o device_profiles/mine.json",
                              "edgecoe profile models/pcb --device cuda:0 -o device_profiles/gpu.json"))
-@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("package", type=PACKAGE)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda:N or coreml.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Profile JSON to write, e.g. device_profiles/NAME.json.")
@@ -385,7 +415,7 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
     "edgecoe bench models/pcb --policies samba,edgecoe,all-resident --requests 2000 --json bench.json",
     "edgecoe bench --paper numa --requests 2500 --arrival uniform  CoServe's setting, simulated",
     "edgecoe bench --simulate --profile x86-2core-cpu --sweep budget=10,25,50 --plots plots/"))
-@click.argument("package", required=False, type=click.Path(path_type=Path))
+@click.argument("package", required=False, type=PACKAGE)
 @click.option("--policies", default=None,
               help=f"Comma-separated entries (default: {', '.join(DEFAULT_BENCH_ENTRIES)}; all: "
                    f"{', '.join(BENCH_ENTRIES)}).")
@@ -520,7 +550,7 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
     "edgecoe run --budget 25% --requests 1000 --rate 200 --json report.json",
     "edgecoe run models/pcb --policy coserve --workload w.jsonl",
     "edgecoe run models/pcb --simulate --profile x86-2core-cpu --requests 20000"))
-@click.argument("package", required=False, type=click.Path(path_type=Path))
+@click.argument("package", required=False, type=PACKAGE)
 @click.option("--profile", "profile_name", default=None,
               help="Device profile: a JSON file or a name in device_profiles/ (default: the best match "
                    "for this machine and package, else built-in defaults).")
@@ -546,11 +576,14 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
                                    "text then goes to standard error). --report is the old name.")
 @click.option("--simulate", is_flag=True,
               help="Virtual clock with the profile's costs instead of real sessions (needs --profile with costs).")
+@click.option("--verify", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="Package checks before serving: quick (paths, sizes, ONNX wire format) or full (also "
+                   "every checksum and every model parsed).")
 @_errors_are_one_line
 def run(package: Path | None, profile_name: str | None, policy: str, budget: str | None,
         num_executors: int | None, workload_path: Path | None, num_requests: int, dist: str,
         rate_rps: float | None, seed: int, max_delay_ms: float, allow_cpu_fallback: bool,
-        json_path: Path | None, simulate: bool) -> None:
+        json_path: Path | None, simulate: bool, verify: str) -> None:
     """Serve a workload on PACKAGE (default: the bundled pcb-small demo) and report."""
     from edgecoe.config import RuntimeConfig
     from edgecoe.profiler.select import best_profile, resolve_profile
@@ -559,10 +592,10 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
 
     _check_json_path(json_path)
     console = _console(to_stderr=json_path is not None and str(json_path) == "-")
-    config = RuntimeConfig(policy=policy, budget=budget, num_executors=num_executors,
-                           max_delay_ms=max_delay_ms, allow_cpu_fallback=allow_cpu_fallback)
+    config = RuntimeConfig(policy=policy, budget=budget, num_executors=num_executors, max_delay_ms=max_delay_ms,
+                           allow_cpu_fallback=allow_cpu_fallback, verify=verify)  # type: ignore[arg-type]
     config.validate()
-    pkg = edgecoe.load_package(package or _demo_package(console), verify="quick")
+    pkg = edgecoe.load_package(package or _demo_package(console), verify=config.verify)
     profile = None
     profile_note = "built-in defaults (no profile in device_profiles/ matches this machine and package)"
     if profile_name:
@@ -573,6 +606,7 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
         profile_note = f"{match.path}, picked automatically: {match.reason}; --profile picks another"
     trace = read_workload(workload_path) if workload_path else generate_workload(
         pkg.manifest, num_requests=num_requests, dist=dist, rate_rps=rate_rps, seed=seed)
+    _refuse_bad_requests(trace, pkg)  # all of them, before anything is served
     budget_note = f"--budget {budget}" if budget is not None else "the profile's budgets"
     if simulate:
         from edgecoe.sim import simulate as run_simulation

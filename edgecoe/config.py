@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,6 +50,13 @@ class RuntimeConfig:
             instead of paying a load that fails again. 0: never quarantine.
         quarantine_s: how long a quarantine lasts; then one attempt is let
             through, and a failure quarantines the expert again at once.
+        max_queued_requests: requests in flight (submitted, not yet ended) at
+            most; ``submit`` beyond it raises :class:`QueueFullError` (or waits,
+            with ``wait_s``). Bounds what a burst of requests can hold.
+        max_queued_input_bytes: bytes the requests in flight hold at most: their
+            inputs (copied at submit) plus 8 KiB each of bookkeeping. None: 5 %
+            of the device's host memory (the profile's, else this machine's),
+            between 64 MiB and 1 GiB.
     """
 
     policy: str = "edgecoe"
@@ -67,6 +75,8 @@ class RuntimeConfig:
     cache_dir: str | None = None
     quarantine_after: int = 3
     quarantine_s: float = 60.0
+    max_queued_requests: int = 10_000
+    max_queued_input_bytes: int | None = None
 
     def validate(self) -> None:
         from edgecoe.cache import EVICTION_POLICIES
@@ -94,6 +104,10 @@ class RuntimeConfig:
             raise InvalidInputError(f"quarantine_after={self.quarantine_after} must be >= 0 (0: never)")
         if not self.quarantine_s > 0:
             raise InvalidInputError(f"quarantine_s={self.quarantine_s} must be > 0")
+        if not 1 <= self.max_queued_requests <= 10_000_000:
+            raise InvalidInputError(f"max_queued_requests={self.max_queued_requests} must be in 1..10000000")
+        if self.max_queued_input_bytes is not None and not self.max_queued_input_bytes > 0:
+            raise InvalidInputError(f"max_queued_input_bytes={self.max_queued_input_bytes} must be > 0")
         if self.budget is not None:
             parse_budget(self.budget, total_bytes=1 << 40)  # syntax check; the share is resolved later
 
@@ -114,6 +128,9 @@ class RuntimeConfig:
         return max(1, (os.cpu_count() or 1) // num_executors)
 
 
+_MAX_BUDGET_BYTES = 1 << 60  # an exabyte: any larger number is a typo or an attack
+
+
 def parse_budget(value: str | int, *, total_bytes: int) -> int:
     """Bytes from ``800000000``, ``"800MB"``, ``"1.5GiB"`` or ``"25%"`` (of ``total_bytes``).
 
@@ -132,10 +149,15 @@ def parse_budget(value: str | int, *, total_bytes: int) -> int:
                 scale = total_bytes / 100.0 if factor is None else factor
                 break
         try:
-            result = int(float(number) * scale)
+            amount = float(number) * scale
         except ValueError:
             raise InvalidInputError(
                 f"budget {value!r}: expected bytes (800000000), a size (800MB, 1.5GiB) or a share (25%)") from None
+        if not math.isfinite(amount) or amount > _MAX_BUDGET_BYTES:
+            raise InvalidInputError(f"budget {value!r} is not a finite size of at most {_MAX_BUDGET_BYTES} bytes")
+        result = int(amount)
+    if isinstance(value, bool) or result > _MAX_BUDGET_BYTES:
+        raise InvalidInputError(f"budget {value!r} is not a size of at most {_MAX_BUDGET_BYTES} bytes")
     if result <= 0:
         raise InvalidInputError(f"budget {value!r} must be more than 0 bytes")
     return result

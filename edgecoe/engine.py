@@ -29,6 +29,7 @@ from edgecoe.cache.cache import H
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import InvalidInputError
 from edgecoe.loaders import ExpertLoader, LoadedExpert
+from edgecoe.memory import total_memory_bytes
 from edgecoe.package.manifest import Manifest
 from edgecoe.package.routing import ExpertGraph
 from edgecoe.profile import DeviceProfile
@@ -68,6 +69,18 @@ def apply_budget(profile: DeviceProfile, budget: str | int | None, *, total_byte
     for processor in profile.processors:
         profile = profile.with_budget(processor.id, budget_bytes)
     return profile
+
+
+def queue_limits(profile: DeviceProfile, config: RuntimeConfig) -> tuple[int, int]:
+    """(requests, input bytes) a runtime lets be in flight: the config's, else from the device's memory.
+
+    NOTE: 5 % of host memory (64 MiB to 1 GiB) for queued inputs: enough for thousands of
+    camera frames, and a burst can no longer grow the process past its budgets.
+    """
+    if config.max_queued_input_bytes is not None:
+        return config.max_queued_requests, config.max_queued_input_bytes
+    host = profile.device.host_memory_bytes if profile.device is not None else total_memory_bytes()
+    return config.max_queued_requests, min(1 << 30, max(64 << 20, host // 20))
 
 
 @dataclass(frozen=True, slots=True)

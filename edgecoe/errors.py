@@ -14,8 +14,9 @@
      ├── SessionError               ONNX Runtime could not create a session for a model
      ├── CacheLoadError             an expert loader failed; the cache's accounting is restored
      ├── MeasurementError           the profiler could not measure an expert
+     ├── QueueFullError             submit found the runtime's queue limits reached (nothing was queued)
      └── RequestError               one request failed (``.request_id``, ``.expert``, ``.cause``)
-          └── RequestCancelled      it never ran to the end because the runtime closed
+          └── RequestCancelled      it never ran to the end: the runtime closed, or the caller cancelled it
 
 Every error names the file, field or value at fault and what was expected. Errors
 that gather several problems (a package or a spec is checked completely before
@@ -127,6 +128,11 @@ class CacheLoadError(EdgecoeError):
 
 class MeasurementError(EdgecoeError):
     """The profiler could not measure an expert (a session failed, or no sample ran)."""
+
+
+class QueueFullError(EdgecoeError):
+    """``submit`` found as many requests (or input bytes) in flight as the runtime's limits allow;
+    nothing was queued. Retry later, or submit with ``wait_s`` to wait for room."""
 
 
 class RequestError(EdgecoeError):

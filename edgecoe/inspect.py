@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -16,6 +17,7 @@ from edgecoe.package.manifest import (
     StopRoute,
     ThresholdRoute,
 )
+from edgecoe.schema import printable
 
 
 def describe_route(route: Route) -> str:
@@ -68,15 +70,21 @@ def package_summary(pkg: Package) -> dict[str, object]:
     }
 
 
+def _shown(text: object) -> str:
+    """Text from a package, safe to print: control characters escaped, rich markup inert."""
+    return escape(printable(str(text)))
+
+
 def render_summary(pkg: Package, console: Console) -> None:
     m = pkg.manifest
     graph = pkg.graph
-    console.print(f"[bold]{m.name}[/bold]  {pkg.root}")
+    console.print(f"[bold]{_shown(m.name)}[/bold]  {_shown(pkg.root)}")
     if m.description:
-        console.print(m.description)
+        console.print(_shown(m.description))
     inputs = ", ".join(f"{s.name}: {s.dtype}{s.shape_str()}" for s in m.inputs)
     console.print(f"{len(m.experts)} experts, {pkg.total_bytes / 1e6:.1f} MB; "
-                  f"{len(graph.preliminary)} preliminary (picked by metadata '{m.entry.key}'); request inputs {inputs}")
+                  f"{len(graph.preliminary)} preliminary (picked by metadata {_shown(repr(m.entry.key))}); "
+                  f"request inputs {_shown(inputs)}")
 
     arch = Table(title="Architectures")
     for col in ("architecture", "experts", "MB each (avg)", "MB total"):
@@ -85,7 +93,7 @@ def render_summary(pkg: Package, console: Console) -> None:
     for e in m.experts.values():
         groups[e.architecture].append(e.total_bytes)
     for name, sizes in sorted(groups.items()):
-        arch.add_row(name, str(len(sizes)), f"{sum(sizes) / len(sizes) / 1e6:.1f}", f"{sum(sizes) / 1e6:.1f}")
+        arch.add_row(_shown(name), str(len(sizes)), f"{sum(sizes) / len(sizes) / 1e6:.1f}", f"{sum(sizes) / 1e6:.1f}")
     console.print(arch)
 
     table = Table(title="Experts (most likely first)")
@@ -95,7 +103,8 @@ def render_summary(pkg: Package, console: Console) -> None:
     for name, e in ordered:
         kind = "preliminary" if name in graph.preliminary else "subsequent"
         p = f"{e.usage_probability:.4f}" + ("*" if e.usage_source == "measured" else "")
-        table.add_row(name, e.architecture, f"{e.total_bytes / 1e6:.1f}", p, kind, describe_route(e.route))
+        table.add_row(_shown(name), _shown(e.architecture), f"{e.total_bytes / 1e6:.1f}", p, kind,
+                      _shown(describe_route(e.route)))
     console.print(table)
 
     tree = Tree("Dependency graph (subsequent expert <- the experts that feed it)")
@@ -103,7 +112,7 @@ def render_summary(pkg: Package, console: Console) -> None:
     for name in sorted(subsequent):
         parents = graph.parents[name]
         shown = ", ".join(parents[:6]) + (f", … (+{len(parents) - 6})" if len(parents) > 6 else "")
-        tree.add(f"{name} <- {shown}")
+        tree.add(_shown(f"{name} <- {shown}"))
     if not subsequent:
         tree.add("(no subsequent experts: every expert is a leaf)")
     console.print(tree)

@@ -18,6 +18,8 @@ import sys
 import threading
 from typing import IO
 
+from edgecoe.schema import printable
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 # ONNX Runtime's line: "2026-11-25 01:23:45.678 [W:onnxruntime:, session_state.cc:1168 Foo] message"
@@ -33,8 +35,7 @@ class _TerminalSafe(logging.Formatter):
     """``warning: edgecoe.loaders: message`` with control characters escaped (names come from packages)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+        return printable(super().format(record))
 
 
 def configure(level: str | int, *, stream: IO[str] | None = None) -> int:

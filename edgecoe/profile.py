@@ -9,16 +9,16 @@ measures them. Unknown fields are errors; every error names its field.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
 from edgecoe.errors import Problem, ProfileError
-from edgecoe.schema import StrictModel, pydantic_problems
+from edgecoe.schema import DocumentError, StrictModel, parse_json, pydantic_problems, read_document
 
 PROFILE_VERSION: Literal[1] = 1
+MAX_PROFILE_BYTES = 16 * 1024 * 1024
 ProcessorKind = Literal["cpu", "cuda", "coreml"]
 
 
@@ -133,15 +133,12 @@ def load_profile(path: str | Path) -> DeviceProfile:
     """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(path, [Problem(str(path), f"cannot read: {exc}")]) from exc
-    except json.JSONDecodeError as exc:
-        raise ProfileError(path, [Problem(f"{path.name}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}")]) from exc
+        raw = parse_json(read_document(path, max_bytes=MAX_PROFILE_BYTES), path.name)
+    except DocumentError as exc:
+        raise ProfileError(path, [Problem(exc.where, exc.message)]) from None
     try:
         return DeviceProfile.model_validate(raw)
     except ValidationError as exc:
-
         raise ProfileError(path, pydantic_problems(path.name, exc)) from exc
 
 

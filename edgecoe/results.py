@@ -31,7 +31,7 @@ class CloseOutcome:
     def of(cls, futures: dict[str, Future[Result]]) -> CloseOutcome:
         completed, failed, cancelled = [], {}, []
         for rid, future in futures.items():
-            if not future.done():  # close() resolves every future; never block here if one slipped
+            if not future.done() or future.cancelled():  # close() resolves every future; never block here
                 cancelled.append(rid)
                 continue
             error = future.exception()

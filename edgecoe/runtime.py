@@ -19,22 +19,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from edgecoe.admission import Admission
+from edgecoe.admission import Admission, check_trace
 from edgecoe.cache import ExpertCache
 from edgecoe.config import RuntimeConfig
-from edgecoe.engine import CacheTotals, Engine, build_engine
+from edgecoe.engine import CacheTotals, Engine, build_engine, queue_limits
 from edgecoe.errors import (
     CacheLoadError,
     InvalidInputError,
+    QueueFullError,
     RequestCancelled,
     RequestError,
     RoutingError,
+    WorkloadError,
 )
 from edgecoe.execution import Outputs, run_isolating
 from edgecoe.health import ExpertHealth
@@ -61,6 +63,7 @@ class _Request:
     inputs: dict[str, np.ndarray]
     future: Future[Result]
     submitted_ms: float
+    input_bytes: int = 0  # what its copied inputs hold, counted against the queue limit
     pending: int = 1  # tasks not finished yet (fan-out adds some)
     path: list[str] = field(default_factory=list)
     leaves: dict[str, Outputs] = field(default_factory=dict)
@@ -74,6 +77,22 @@ class _Payload:
 
     request: _Request
     inputs: dict[str, np.ndarray]
+
+
+REQUEST_OVERHEAD_BYTES = 8 * 1024
+"""What a request in flight holds besides its inputs (future, records, task; measured about
+7 kB on CPython 3.11), counted against ``max_queued_input_bytes`` with them."""
+
+
+def _resolve(future: Future[Result], outcome: Result | BaseException) -> None:
+    """Resolve ``future`` unless the caller cancelled it in the meantime (then there is nothing to do)."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass  # cancelled between our check and now: the cancel callback did the bookkeeping
 
 
 def _payload(task: Task) -> _Payload:
@@ -114,8 +133,12 @@ class Runtime:
                                                 graph=package.graph, clock=self.now_ms, timeline=timeline)
         self.startup_s = time.perf_counter() - self._start
         self._admission = Admission(package.manifest)
-        self._lock = threading.Lock()
+        # NOTE: re-entrant: a caller's Future.cancel() runs our done-callback in its own thread,
+        # and a done-callback of theirs may cancel another request while we resolve one under the lock.
+        self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
+        self.max_queued_requests, self.max_queued_input_bytes = queue_limits(self.engine.profile, self.config)
+        self._queued_input_bytes = 0
         self._closing = False
         self._seq = itertools.count()
         self._requests: dict[str, _Request] = {}
@@ -158,19 +181,35 @@ class Runtime:
 
     # -- public API ----------------------------------------------------------------------
     def submit(self, inputs: Mapping[str, np.ndarray], metadata: Mapping[str, object] | None = None, *,
-               request_id: str | None = None) -> Future[Result]:
-        """Queue one request (one item per input, no batch axis).
+               request_id: str | None = None, wait_s: float | None = 0.0) -> Future[Result]:
+        """Queue one request (one item per input, no batch axis). Its inputs are copied.
+
+        Args:
+            request_id: an id of your own (unique among requests in flight).
+            wait_s: when the queue limits are reached, wait this long for room
+                (None: as long as it takes) before raising :class:`QueueFullError`.
 
         Returns:
             A future resolving to a :class:`Result`, or raising :class:`RequestError`.
+            ``future.cancel()`` drops a request that has not ended; nothing else is affected.
 
         Raises:
             InvalidInputError: inputs or metadata do not fit the package (nothing is queued).
+            QueueFullError: ``max_queued_requests`` or ``max_queued_input_bytes`` reached (nothing is queued).
             RuntimeError: the runtime is closed.
         """
         arrays, first = self._admission.admit(inputs, metadata)
+        num_bytes = sum(a.nbytes for a in arrays.values()) + REQUEST_OVERHEAD_BYTES
+        if num_bytes > self.max_queued_input_bytes:
+            raise QueueFullError(f"one request holds {num_bytes} bytes (its inputs and {REQUEST_OVERHEAD_BYTES} of "
+                                 f"bookkeeping), more than max_queued_input_bytes={self.max_queued_input_bytes}")
         future: Future[Result] = Future()
         with self._work:
+            if not self._work.wait_for(lambda: self._closing or self._has_room_locked(num_bytes), wait_s):
+                raise QueueFullError(
+                    f"{len(self._requests)} requests ({self._queued_input_bytes} input bytes) in flight: the limits "
+                    f"are max_queued_requests={self.max_queued_requests}, max_queued_input_bytes="
+                    f"{self.max_queued_input_bytes}; retry later or submit with wait_s")
             if self._closing:
                 raise RuntimeError("runtime is closed")
             seq = next(self._seq)
@@ -178,18 +217,45 @@ class Runtime:
             if rid in self._requests:
                 raise InvalidInputError(f"request id {rid!r} is already in flight")
             now = self.now_ms()
-            request = _Request(rid, arrays, future, now)
+            request = _Request(rid, arrays, future, now, input_bytes=num_bytes)
             self._requests[rid] = request
+            self._queued_input_bytes += num_bytes
             self._enqueue_locked(Task(rid, first, now, seq, _Payload(request, arrays)), now)
             self._work.notify_all()
+        # NOTE: by id, not the request: a future referring back to its request would make a cycle
+        # that keeps every finished request's inputs alive until the garbage collector runs.
+        future.add_done_callback(lambda f: self._maybe_cancelled(rid, f))
         return future
+
+    def _has_room_locked(self, num_bytes: int) -> bool:
+        return (len(self._requests) < self.max_queued_requests
+                and self._queued_input_bytes + num_bytes <= self.max_queued_input_bytes)
+
+    def _maybe_cancelled(self, request_id: str, future: Future[Result]) -> None:
+        """The caller cancelled ``future``: its tasks are skipped, its room is freed."""
+        if not future.cancelled():
+            return  # resolved by us; the bookkeeping is done
+        with self._work:
+            request = self._requests.get(request_id)
+            if request is not None and request.future is future and not request.failed:
+                request.failed = True
+                self._retire_locked(request)
+                self._count_error_locked("cancelled by the caller")
+            self._work.notify_all()
 
     def run(self, workload: Workload, *, progress: Callable[[int, int], None] | None = None) -> Report:
         """Submit a workload at its arrival times and wait for every request.
 
         Args:
             progress: called with (finished, total) as requests finish.
+
+        Raises:
+            WorkloadError: some request would be refused at submit (each named); nothing ran.
         """
+        problems = check_trace(workload, self.package.manifest)
+        if problems:
+            raise WorkloadError(f"workload has requests this package refuses ({len(problems)} shown):\n  "
+                                + "\n  ".join(problems))
         self.engine.set_future(expected_uses(self.package.manifest, [r.metadata for r in workload.requests]))
         total = len(workload)
         done = 0
@@ -211,8 +277,8 @@ class Runtime:
             if delay_s > 0:
                 time.sleep(delay_s)
             inputs = materialize(request, self.package.manifest.inputs, workload.base_dir)
-            try:
-                future = self.submit(inputs, request.metadata, request_id=request.id)
+            try:  # a replay waits for room: back-pressure delays arrivals instead of losing requests
+                future = self.submit(inputs, request.metadata, request_id=request.id, wait_s=None)
             except InvalidInputError as exc:
                 future = Future()
                 future.set_exception(RequestError(request.id, None, str(exc)))
@@ -410,9 +476,9 @@ class Runtime:
         if request.pending > 0:
             return
         latency = self.now_ms() - request.submitted_ms
-        self._requests.pop(request.id, None)
-        request.future.set_result(Result(request.id, request.last_outputs, list(request.path),
-                                         dict(request.leaves), latency))
+        self._retire_locked(request)
+        _resolve(request.future, Result(request.id, request.last_outputs, list(request.path),
+                                        dict(request.leaves), latency))
 
     def _fail_locked(self, task: Task, cause: str) -> None:
         self._fail_request_locked(_payload(task).request, task.expert, cause)
@@ -422,9 +488,15 @@ class Runtime:
         if request.failed or request.future.done():
             return
         request.failed = True
-        self._requests.pop(request.id, None)
+        self._retire_locked(request)
         self._count_error_locked(cause)
-        request.future.set_exception(error_type(request.id, expert, cause))
+        _resolve(request.future, error_type(request.id, expert, cause))
+
+    def _retire_locked(self, request: _Request) -> None:
+        """The request ended: it leaves the in-flight table and gives its room back."""
+        if self._requests.pop(request.id, None) is not None:
+            self._queued_input_bytes -= request.input_bytes
+            self._work.notify_all()
 
     def _count_error_locked(self, cause: str) -> None:
         key = cause[:80]

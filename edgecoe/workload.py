@@ -31,9 +31,10 @@ from pydantic import Field, ValidationError, model_validator
 
 from edgecoe.errors import WorkloadError
 from edgecoe.package.manifest import Manifest, TensorSpec
-from edgecoe.schema import StrictModel
+from edgecoe.schema import DocumentError, StrictModel, parse_json, read_document
 
 TRACE_VERSION: Literal[1] = 1
+MAX_TRACE_BYTES = 1024 * 1024 * 1024  # about 4 million requests
 _MAX_REPORTED = 20
 
 
@@ -103,9 +104,9 @@ def read_workload(path: str | Path) -> Workload:
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkloadError(f"{path}: cannot read workload trace: {exc}") from exc
+        lines = read_document(path, max_bytes=MAX_TRACE_BYTES).splitlines()
+    except DocumentError as exc:
+        raise WorkloadError(f"workload trace {exc}") from None
     problems: list[str] = []
     requests: list[TraceRequest] = []
     header: TraceHeader | None = None
@@ -113,9 +114,9 @@ def read_workload(path: str | Path) -> Workload:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON: {exc.msg}")
+            obj = parse_json(line, f"{path}:{number}")
+        except DocumentError as exc:
+            problems.append(f"{path}:{number}: {exc.message}")
             continue
         try:
             if isinstance(obj, dict) and "edgecoe_trace" in obj:
@@ -249,6 +250,22 @@ def hash_name(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 9973
 
 
+def _input_file(request_id: str, name: str, base_dir: Path, rel: str) -> Path:
+    """A trace's input file: relative to the trace, inside its directory, a regular file.
+
+    NOTE: traces are untrusted like packages: an absolute path, ``..`` or a link out of
+    the directory would read any file the user can; a FIFO or device would hang the run.
+    """
+    root = base_dir.resolve()
+    path = (base_dir / rel).resolve()
+    if Path(rel).is_absolute() or not path.is_relative_to(root):
+        raise WorkloadError(f"request {request_id}: input {name!r} file {rel!r} is outside the trace's directory "
+                            f"{base_dir}; give a path relative to the trace, inside its directory")
+    if not path.is_file():
+        raise WorkloadError(f"request {request_id}: input {name!r} file {rel!r} is not a regular file")
+    return path
+
+
 def materialize(request: TraceRequest, specs: Iterable[TensorSpec], base_dir: Path) -> dict[str, np.ndarray]:
     """The request's input arrays (one item each, no batch dimension).
 
@@ -262,10 +279,10 @@ def materialize(request: TraceRequest, specs: Iterable[TensorSpec], base_dir: Pa
         if source is None:
             raise WorkloadError(f"request {request.id}: no source for package input {spec.name!r}")
         if source.file is not None:
-            path = Path(source.file) if Path(source.file).is_absolute() else base_dir / source.file
+            path = _input_file(request.id, spec.name, base_dir, source.file)
             try:
                 out[spec.name] = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError) as exc:
                 raise WorkloadError(f"request {request.id}: cannot load input {spec.name!r} from {path}: {exc}") from exc
             continue
         seeded = source.seeded

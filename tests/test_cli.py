@@ -34,7 +34,7 @@ def test_workload_generate_and_check(pcb_small, tmp_path):
                                   "--dist", "zipf:1.2", "--rate", "200", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert "50 requests" in result.output
-    result = runner.invoke(main, ["workload", "check", str(out)])
+    result = runner.invoke(main, ["workload", "check", str(out), str(pcb_small)])
     assert result.exit_code == 0 and "valid" in result.output
 
 

@@ -35,29 +35,89 @@ def recording_create(calls: list):  # type: ignore[no-untyped-def]
 def test_miss_builds_an_entry_then_hits_load_it_unoptimized(tmp_path, model):
     cache, calls = OptimizedModelCache(tmp_path / "cache"), []
     x = np.ones((2, 8), np.float32)
-    first = cache.session(model, "a" * 64, ["CPUExecutionProvider"], recording_create(calls))
-    second = cache.session(model, "a" * 64, ["CPUExecutionProvider"], recording_create(calls))
+    first = cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    second = cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
     assert calls[0] == ("m.onnx", "all", True) and calls[1][1:] == ("none", False) and calls[1][0] != "m.onnx"
     assert (cache.misses, cache.hits) == (1, 1)
     assert len(list((tmp_path / "cache").glob("*.onnx"))) == 1 and not list((tmp_path / "cache").glob(".*"))
     np.testing.assert_allclose(first.run(None, {"x": x})[0], second.run(None, {"x": x})[0], rtol=1e-6)
 
 
-def test_changed_file_or_providers_miss(tmp_path, model):
+def test_changed_content_misses_same_content_hits(tmp_path, model):
     cache, calls = OptimizedModelCache(tmp_path / "cache"), []
-    cache.session(model, "a" * 64, ["CPUExecutionProvider"], recording_create(calls))
-    os.utime(model, ns=(1, 1))  # same content, new mtime: a file changed on disk is never served stale
-    cache.session(model, "a" * 64, ["CPUExecutionProvider"], recording_create(calls))
-    cache.session(model, "b" * 64, ["CPUExecutionProvider"], recording_create(calls))
-    assert cache.misses == 3 and cache.hits == 0
+    cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    os.utime(model, ns=(1, 1))  # same content, new identity: hashed again, and the entry still serves
+    cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    assert (cache.misses, cache.hits) == (1, 1)
+    onnx.save_model(_mlp(8, 16, 3, seed=2), str(model))  # other content: another entry
+    cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    assert (cache.misses, cache.hits) == (2, 1)
+
+
+def test_a_package_cannot_poison_another_packages_entry(tmp_path):
+    """Package B declares A's checksum, size and mtime for a different model: the cache keys
+    by real content, so A still gets an entry built from A's model."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a, b = a_dir / "m.onnx", b_dir / "m.onnx"
+    onnx.save_model(_mlp(8, 16, 3, seed=1), str(a))
+    onnx.save_model(_mlp(8, 16, 3, seed=9), str(b))
+    os.utime(b, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns))
+    cache, calls = OptimizedModelCache(tmp_path / "cache"), []
+    x = np.ones((1, 8), np.float32)
+    cache.session(b, ["CPUExecutionProvider"], recording_create(calls))  # the attacker loads first
+    from_cache = cache.session(a, ["CPUExecutionProvider"], recording_create(calls))
+    direct = create_session(a)
+    np.testing.assert_allclose(from_cache.run(None, {"x": x})[0], direct.run(None, {"x": x})[0], rtol=1e-6)
+    assert cache.misses == 2  # A's content had no entry yet: built from A
+
+
+def test_a_source_swapped_while_building_is_not_cached(tmp_path, model):
+    cache, calls = OptimizedModelCache(tmp_path / "cache"), []
+    inner = recording_create(calls)
+
+    def swapping(source, level, save):  # type: ignore[no-untyped-def]
+        session = inner(source, level, save)
+        if save is not None:  # after ORT read it: the package changes its file
+            onnx.save_model(_mlp(8, 16, 3, seed=5), str(model))
+        return session
+
+    cache.session(model, ["CPUExecutionProvider"], swapping)
+    assert not list((tmp_path / "cache").glob("*.onnx"))
+
+
+def test_an_entry_changed_on_disk_fails_its_check(tmp_path, model):
+    cache, calls = OptimizedModelCache(tmp_path / "cache"), []
+    cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    (entry,) = (tmp_path / "cache").glob("*.onnx")
+    other = tmp_path / "other.onnx"
+    onnx.save_model(_mlp(8, 16, 3, seed=7), str(other))
+    entry.write_bytes(other.read_bytes())  # a valid model, but not the one that was built
+    fresh = OptimizedModelCache(tmp_path / "cache")  # another process: checks each entry once
+    fresh.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    assert (fresh.misses, fresh.hits) == (1, 0)
+
+
+def test_cache_dir_is_private_and_a_shared_one_is_not_used(tmp_path, model):
+    cache, calls = OptimizedModelCache(tmp_path / "cache"), []
+    cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    cache, calls = OptimizedModelCache(shared), []
+    cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
+    assert calls == [("m.onnx", "all", False)] * 2 and not list(shared.iterdir())
 
 
 def test_corrupt_entry_is_rebuilt(tmp_path, model):
     cache, calls = OptimizedModelCache(tmp_path / "cache"), []
-    cache.session(model, "a" * 64, ["CPUExecutionProvider"], recording_create(calls))
+    cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
     (entry,) = (tmp_path / "cache").glob("*.onnx")
     entry.write_bytes(b"\x00garbage")
-    session = cache.session(model, "a" * 64, ["CPUExecutionProvider"], recording_create(calls))
+    session = cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
     assert session.run(None, {"x": np.ones((1, 8), np.float32)})[0].shape == (1, 3)
     assert cache.misses == 2 and onnx.load(str(entry)).graph.node  # rebuilt, valid again
 
@@ -66,7 +126,7 @@ def test_unwritable_cache_dir_still_serves(tmp_path, model):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     cache, calls = OptimizedModelCache(blocker / "cache"), []
-    session = cache.session(model, "a" * 64, ["CPUExecutionProvider"], recording_create(calls))
+    session = cache.session(model, ["CPUExecutionProvider"], recording_create(calls))
     assert session.run(None, {"x": np.ones((1, 8), np.float32)})[0].shape == (1, 3)
     assert calls == [("m.onnx", "all", False)]
 

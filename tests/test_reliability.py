@@ -282,16 +282,22 @@ def test_non_finite_inputs_pass_where_the_package_allows_them(tmp_path):
     assert np.isnan(result.outputs["y"]).all()
 
 
-def test_workload_with_bad_requests_reports_them_and_loses_none(wide, tmp_path):
+def test_a_workload_with_bad_requests_is_refused_whole_before_anything_runs(wide):
+    """Run validates every request first: a bad value midway cannot leave a run half served."""
+    from edgecoe.errors import WorkloadError
     from edgecoe.workload import generate_workload
 
     trace = generate_workload(wide.manifest, num_requests=50, seed=8)
     trace.requests[5].metadata["colour"] = "red"
     trace.requests[9].metadata["kind"] = "k404"
     with Runtime(wide, config=RuntimeConfig(policy="edgecoe", budget="25%")) as runtime:
-        report = runtime.run(trace)
-    assert report.num_requests == 50 and report.num_completed == 48 and report.num_failed == 2
-    assert sum(report.errors.values()) == 2
+        before = runtime.engine.totals()
+        with pytest.raises(WorkloadError) as info:
+            runtime.run(trace)
+        assert runtime.engine.totals() == before and len(runtime.scheduler) == 0  # nothing ran
+    text = str(info.value)
+    assert "(2 shown)" in text and "request r000005" in text and "colour" in text
+    assert "request r000009" in text and "k404" in text
 
 
 def test_expert_with_a_wrong_shape_fails_its_requests_only(tmp_path):

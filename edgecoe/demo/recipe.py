@@ -7,12 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import onnx
-import yaml
 from pydantic import Field, ValidationError
 
 import edgecoe
 from edgecoe.demo.builders import resnet_classifier, yolo_detector
-from edgecoe.errors import InvalidInputError, SpecError
+from edgecoe.errors import InvalidInputError, Problem, SpecError
 from edgecoe.package.manifest import (
     ArgmaxRoute,
     EntryRule,
@@ -26,7 +25,7 @@ from edgecoe.package.manifest import (
 from edgecoe.package.onnxmodel import io_specs
 from edgecoe.package.routing import declared_usage_probabilities
 from edgecoe.package.writer import PackageWriter
-from edgecoe.schema import StrictModel, pydantic_problems
+from edgecoe.schema import DocumentError, StrictModel, parse_yaml, pydantic_problems, read_document
 from edgecoe.workload import distribution_shares
 
 _FAMILIES = ["res", "cap", "ind", "diode", "led", "tr", "ic", "conn", "osc", "fuse", "sw", "relay"]
@@ -88,9 +87,9 @@ def find_recipe(name_or_path: str) -> Path:
 def load_recipe(path: str | Path) -> DemoRecipe:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInputError(f"recipe {path}: cannot read YAML: {exc}") from exc
+        raw = parse_yaml(read_document(path, max_bytes=1024 * 1024), path.name)
+    except DocumentError as exc:
+        raise SpecError(path, [Problem(exc.where, exc.message)]) from None
     try:
         return DemoRecipe.model_validate(raw)
     except ValidationError as exc:

@@ -21,6 +21,7 @@ import onnx
 
 from edgecoe.errors import ExportError, OnnxFileError
 from edgecoe.export.spec import ExpertSpec, HfSource, OnnxSource, TorchSource
+from edgecoe.package.files import unsafe_path_reason
 from edgecoe.package.onnxmodel import custom_domains, external_locations, read_model
 
 Reference = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -61,10 +62,18 @@ def _from_onnx(path: Path, allow_custom_ops: bool) -> SourceModel:
     domains = custom_domains(model)
     if domains and not allow_custom_ops:
         raise ExportError(f"{path}: uses custom operator domains {domains}, which need a custom-op library; refused")
-    had_external = bool(external_locations(model))
+    try:
+        locations = external_locations(model)
+    except OnnxFileError as exc:
+        raise ExportError(f"{path}: {exc}") from None
+    for location in locations:  # before the onnx library follows them anywhere
+        reason = unsafe_path_reason(path.parent, location)
+        if reason is not None:
+            raise ExportError(f"{path}: external data {location!r} refused: {reason.replace('package', 'source')}")
+    had_external = bool(locations)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise ExportError(f"{path}: cannot read its external data: {exc}") from exc
     import onnxruntime as ort
 
@@ -85,13 +94,18 @@ def _from_onnx(path: Path, allow_custom_ops: bool) -> SourceModel:
 
 def _import_factory(target: str, base: Path) -> Callable[..., object]:
     module_name, _, attr = target.partition(":")
-    # The spec's directory comes first so a factory module beside the spec imports.
-    if str(base) not in sys.path:
+    # The spec's directory comes first so a factory module beside the spec imports; only for
+    # this import: the rest of the process must not import from a spec's directory.
+    added = str(base) not in sys.path
+    if added:
         sys.path.insert(0, str(base))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ExportError(f"cannot import {module_name!r} for torch factory {target!r}: {exc}") from exc
+    finally:
+        if added and str(base) in sys.path:
+            sys.path.remove(str(base))
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ExportError(f"{target!r}: {module_name} has no callable {attr!r}")

@@ -6,11 +6,9 @@ Relative paths in it are relative to the spec file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from pydantic import Discriminator, Field, Tag, ValidationError
 
 from edgecoe.errors import Problem, SpecError
@@ -22,7 +20,18 @@ from edgecoe.package.manifest import (
     StopRoute,
 )
 from edgecoe.package.routing import ExpertGraph, route_targets
-from edgecoe.schema import StrictModel, pydantic_problems
+from edgecoe.schema import (
+    DocumentError,
+    SafeName,
+    StrictModel,
+    TensorName,
+    parse_json,
+    parse_yaml,
+    pydantic_problems,
+    read_document,
+)
+
+MAX_SPEC_BYTES = 16 * 1024 * 1024
 
 
 class ExampleInput(StrictModel):
@@ -41,8 +50,8 @@ class TorchSource(StrictModel):
 
     torch: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     args: dict[str, object] = Field(default_factory=dict, description="keyword arguments of the factory")
-    example_inputs: dict[str, ExampleInput] = Field(min_length=1)
-    output_names: list[str] = Field(min_length=1)
+    example_inputs: dict[TensorName, ExampleInput] = Field(min_length=1)
+    output_names: list[TensorName] = Field(min_length=1)
     dynamic_axes: dict[str, dict[int, str]] | None = Field(
         default=None, description="default: axis 0 of every input and output is 'batch'"
     )
@@ -74,7 +83,7 @@ Source = Annotated[
 
 class ExpertSpec(StrictModel):
     source: Source
-    architecture: str | None = Field(default=None, description="default: the expert's name")
+    architecture: SafeName | None = Field(default=None, description="default: the expert's name")
     route: Route = Field(default_factory=StopRoute)
     dim_defaults: dict[str, int] = Field(
         default_factory=dict, description="sizes for symbolic dims when making verification inputs"
@@ -82,14 +91,14 @@ class ExpertSpec(StrictModel):
 
 
 class ExportSpec(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    name: SafeName
     description: str = ""
     inputs: list[RequestInput] | None = Field(
         default=None, description="per-item request inputs; default: the preliminary experts' inputs minus batch"
     )
     metadata: dict[str, MetadataField] = Field(default_factory=dict)
     entry: EntryRule
-    experts: dict[str, ExpertSpec] = Field(min_length=1)
+    experts: dict[SafeName, ExpertSpec] = Field(min_length=1)
     tolerance: float = Field(default=1e-4, gt=0)
     optimize: bool = Field(default=False, description="also store an ORT-optimized copy of every expert")
 
@@ -102,13 +111,10 @@ def read_spec(path: str | Path) -> tuple[ExportSpec, Path]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(path, [Problem(str(path), f"cannot read: {exc}")]) from exc
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(path, [Problem(path.name, f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}")]) from exc
+        text = read_document(path, max_bytes=MAX_SPEC_BYTES)
+        raw = parse_json(text, path.name) if path.suffix == ".json" else parse_yaml(text, path.name)
+    except DocumentError as exc:
+        raise SpecError(path, [Problem(exc.where, exc.message)]) from None
     if not isinstance(raw, dict):
         raise SpecError(path, [Problem(path.name, f"expected a mapping at the top level, got {type(raw).__name__}")])
     try:
@@ -137,9 +143,15 @@ def check_spec(spec: ExportSpec, base: Path, where: str) -> list[Problem]:
             if target not in names:
                 problems.append(Problem(f"{where}: experts.{name}.route", f"sends to unknown expert {target!r}"))
         source = expert_spec.source
-        rel = source.onnx if isinstance(source, OnnxSource) else source.hf if isinstance(source, HfSource) else None
-        if rel is not None and not (base / rel).exists():
-            problems.append(Problem(f"{where}: experts.{name}.source", f"{base / rel} does not exist"))
+        found: Path | None = None  # the file or directory a source names, and what it must be
+        if isinstance(source, OnnxSource):
+            found, wanted, is_kind = base / source.onnx, "a regular file", Path.is_file
+        elif isinstance(source, HfSource):
+            found, wanted, is_kind = base / source.hf, "a model directory", Path.is_dir
+        if found is not None and not found.exists():
+            problems.append(Problem(f"{where}: experts.{name}.source", f"{found} does not exist"))
+        elif found is not None and not is_kind(found):  # a FIFO or device would hang the export
+            problems.append(Problem(f"{where}: experts.{name}.source", f"{found} is not {wanted}"))
     parents: dict[str, list[str]] = {n: [] for n in names}
     for name, targets in children.items():
         for target in targets:

@@ -93,12 +93,12 @@ class SessionLoader:
         if cached is not None:
             cache = self.optcache
             assert cache is not None
-            model, sha, names, create = cached
+            model, names, create = cached
             if self._host is None:
-                return cast(Session, cache.session(model, sha, names, create))
+                return cast(Session, cache.session(model, names, create))
             # NUMA: the host tier holds the optimized entry's bytes (disk -> host -> device).
-            cache.ensure(model, sha, names, create)
-            entry = cache.entry_path(model, sha, names)
+            cache.ensure(model, names, create)
+            entry = cache.entry_path(model, names)
             if entry.exists():
                 return self._session(self._host.get(expert, entry), processor_id, "none")
         path, optimized = self._model_path(expert)
@@ -140,7 +140,7 @@ class SessionLoader:
         optimized = self.config.use_optimized and record.optimized is not None
         return self.package.model_path(expert, optimized=optimized), optimized
 
-    def _cached_create(self, expert: str, processor_id: str) -> tuple[Path, str, list[str], Create] | None:
+    def _cached_create(self, expert: str, processor_id: str) -> tuple[Path, list[str], Create] | None:
         """The optimized-model cache's arguments for ``expert``, or None where it does not apply.
 
         NOTE: CPU only: a level-"all" graph for CUDA or CoreML has not been run
@@ -150,13 +150,12 @@ class SessionLoader:
         names = [p[0] for p in self.choices[processor_id].providers]
         if self.optcache is None or names != ["CPUExecutionProvider"] or record.external_data:
             return None
-        path, optimized = self._model_path(expert)
-        sha = (record.optimized if optimized and record.optimized else record.model).sha256
+        path, _ = self._model_path(expert)
 
         def create(source: Path, level: Literal["none", "all"], save: Path | None) -> object:
             return self._session(source, processor_id, level, save)
 
-        return path, sha, names, create
+        return path, names, create
 
     def _measure_footprints(self) -> dict[str, int]:
         """Resident memory per architecture, measured by loading one expert of each.

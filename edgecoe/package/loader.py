@@ -8,7 +8,6 @@ then each ONNX model's I/O and external-data locations against the manifest.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,10 @@ from edgecoe.package.onnxmodel import (
 )
 from edgecoe.package.onnxscan import scan_model, scanned_custom_domains
 from edgecoe.package.routing import ExpertGraph
-from edgecoe.schema import pydantic_problems
+from edgecoe.schema import DocumentError, parse_json, pydantic_problems, read_document
 
 Verify = Literal["full", "quick"]
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # about 1,000 bytes per expert: room for 60,000 experts
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,10 @@ def _read_manifest(root: Path) -> Manifest:
     if path.is_symlink() or not path.is_file():
         raise PackageError(root, [Problem(where, "missing (or not a regular file); every package has one")])
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PackageError(root, [Problem(where, f"cannot be read: {exc}")]) from exc
-    except json.JSONDecodeError as exc:
-        raise PackageError(root, [Problem(f"{where}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}")]) from exc
+        raw = parse_json(read_document(path, max_bytes=MAX_MANIFEST_BYTES), where)
+    except DocumentError as exc:
+        # the manifest's own name, not the absolute path: the package is named in the error already
+        raise PackageError(root, [Problem(exc.where.replace(str(path), where), exc.message)]) from None
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgecoe.schema import StrictModel
+from edgecoe.schema import SAFE_NAME_PATTERN, SafeName, StrictModel, TensorName
 
 MANIFEST_NAME = "edgecoe.json"
 FORMAT: Literal["edgecoe.package"] = "edgecoe.package"
@@ -29,14 +29,13 @@ Dim = int | str | None
 """One dimension: a fixed size, a symbolic name (``"batch"``), or unknown (``None``)."""
 
 _SHA256 = r"^[0-9a-f]{64}$"
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 
 
 class TensorSpec(StrictModel):
     """Name, element type and shape of one model input or output."""
 
-    name: str = Field(min_length=1)
-    dtype: str = Field(description="numpy dtype name, e.g. float32, int64")
+    name: TensorName
+    dtype: str = Field(pattern=r"^[a-z0-9]{1,16}$", description="numpy dtype name, e.g. float32, int64")
     shape: list[Dim]
 
     def shape_str(self) -> str:
@@ -68,7 +67,7 @@ class FanoutRoute(StrictModel):
     """Every item goes on to all of ``next``."""
 
     kind: Literal["fanout"]
-    next: list[str] = Field(min_length=1)
+    next: list[SafeName] = Field(min_length=1)
 
 
 class ArgmaxRoute(StrictModel):
@@ -81,9 +80,9 @@ class ArgmaxRoute(StrictModel):
     """
 
     kind: Literal["argmax"]
-    output: str
-    classes: dict[int, list[str]]
-    default: list[str] = Field(default_factory=list)
+    output: TensorName
+    classes: dict[int, list[SafeName]]
+    default: list[SafeName] = Field(default_factory=list)
     class_fractions: dict[int, float] | None = None
 
     @model_validator(mode="after")
@@ -102,11 +101,11 @@ class ThresholdRoute(StrictModel):
     """Reduce output ``output`` per item (max/min/mean) and compare with ``threshold``."""
 
     kind: Literal["threshold"]
-    output: str
+    output: TensorName
     reduce: Literal["max", "min", "mean"] = "max"
     threshold: float
-    above: list[str] = Field(default_factory=list)
-    below: list[str] = Field(default_factory=list)
+    above: list[SafeName] = Field(default_factory=list)
+    below: list[SafeName] = Field(default_factory=list)
     fraction_above: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
@@ -118,9 +117,7 @@ Route = Annotated[
 class ExpertRecord(StrictModel):
     """One expert: its model files, I/O, architecture and where its outputs go."""
 
-    architecture: str = Field(
-        min_length=1, description="experts sharing a tag share one architecture and one profile"
-    )
+    architecture: SafeName = Field(description="experts sharing a tag share one architecture and one profile")
     model: FileRecord
     external_data: list[FileRecord] = Field(default_factory=list)
     optimized: FileRecord | None = Field(
@@ -177,8 +174,8 @@ class EntryRule(StrictModel):
     """Picks a request's preliminary expert from one metadata key."""
 
     key: str
-    experts: dict[str, str] = Field(min_length=1, description="metadata value -> expert name")
-    default: str | None = Field(default=None, description="expert for unlisted values; None rejects")
+    experts: dict[str, SafeName] = Field(min_length=1, description="metadata value -> expert name")
+    default: SafeName | None = Field(default=None, description="expert for unlisted values; None rejects")
 
 
 class WorkloadHints(StrictModel):
@@ -201,7 +198,7 @@ class Manifest(StrictModel):
 
     format: Literal["edgecoe.package"] = FORMAT
     version: Literal[1] = FORMAT_VERSION
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=SAFE_NAME_PATTERN)
     description: str = ""
     created_by: str = ""
     inputs: list[RequestInput] = Field(
@@ -209,7 +206,7 @@ class Manifest(StrictModel):
     )
     metadata: dict[str, MetadataField] = Field(default_factory=dict)
     entry: EntryRule
-    experts: dict[str, ExpertRecord] = Field(min_length=1)
+    experts: dict[SafeName, ExpertRecord] = Field(min_length=1)
     workload_hints: WorkloadHints | None = None
 
     @field_validator("inputs", mode="before")

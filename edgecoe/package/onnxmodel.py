@@ -32,6 +32,8 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     """
     path = Path(path)
     try:
+        if not path.is_file():  # a FIFO or device would hang or never end
+            raise OnnxFileError(f"{path}: not a regular file, so not an ONNX model")
         data = path.read_bytes()
     except OSError as exc:
         raise OnnxFileError(f"{path}: cannot read ONNX file: {exc.strerror or exc}") from exc
@@ -86,32 +88,64 @@ def io_specs(model: onnx.ModelProto, *, where: str = "model") -> tuple[list[Tens
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     yield graph
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
+        yield from _subgraphs(node)
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield from _graphs(attr.g)
+        for sub in attr.graphs:
+            yield from _graphs(sub)
+
+
+def _nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node: the graph's, its subgraphs', local functions' bodies and their subgraphs'."""
+    for graph in _graphs(model.graph):
+        yield from graph.node
+    for function in model.functions:
+        for node in function.node:
+            yield node
+            for graph in _subgraphs(node):
+                yield from graph.node
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor stored in the model: initializers and constant attributes, subgraphs too."""
-    for graph in _graphs(model.graph):
+    """Every tensor stored in the model: initializers (dense and sparse) of the graph and every
+    subgraph, and tensor attributes (dense and sparse) of every node, local functions' included."""
+    graphs = list(_graphs(model.graph))
+    for function in model.functions:
+        for node in function.node:
+            graphs.extend(_subgraphs(node))
+    for graph in graphs:
         yield from graph.initializer
         for sparse in graph.sparse_initializer:
             yield sparse.values
             yield sparse.indices
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
+    for node in _nodes(model):
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            sparses = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+            for sparse in [*sparses, *attr.sparse_tensors]:
+                yield sparse.values
+                yield sparse.indices
 
 
 def external_locations(model: onnx.ModelProto) -> list[str]:
-    """The ``location`` of every external-data tensor, unique, in first-seen order."""
+    """The ``location`` of every external-data tensor, unique, in first-seen order.
+
+    Raises:
+        OnnxFileError: a tensor lists an external-data key twice (readers disagree on which counts).
+    """
     seen: dict[str, None] = {}
     for tensor in iter_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            keys = [entry.key for entry in tensor.external_data]
+            if len(keys) != len(set(keys)):
+                raise OnnxFileError(f"model: tensor {tensor.name!r} lists an external-data key twice ({keys}); "
+                                    "readers disagree on which one counts")
             for entry in tensor.external_data:
                 if entry.key == "location":
                     seen.setdefault(entry.value, None)
@@ -124,7 +158,7 @@ def custom_domains(model: onnx.ModelProto) -> list[str]:
     Only nodes count: ORT-optimized models declare opsets for many internal
     domains they never use.
     """
-    used = {node.domain for graph in _graphs(model.graph) for node in graph.node}
+    used = {node.domain for node in _nodes(model)}
     local = {f.domain for f in model.functions}
     return sorted(d for d in used - BUILTIN_DOMAINS - local)
 

@@ -46,6 +46,10 @@ class _Truncated(Exception):
     pass
 
 
+class _Ambiguous(Exception):
+    """A field ONNX Runtime and the onnx library may read differently (a key given twice)."""
+
+
 def scan_model(path: str | Path) -> ModelScan:
     """Scan an ONNX file.
 
@@ -64,6 +68,8 @@ def scan_model(path: str | Path) -> ModelScan:
         raise OnnxFileError(f"{path}: cannot read ONNX file: {exc.strerror or exc}") from exc
     except _Truncated as exc:
         raise OnnxFileError(f"{path}: not a valid ONNX model ({exc}); the file may be truncated or of another format") from None
+    except _Ambiguous as exc:
+        raise OnnxFileError(f"{path}: refused: {exc}") from None
     if not scan.has_graph_outputs:
         raise OnnxFileError(f"{path}: parsed as protobuf but holds no ONNX graph with outputs")
     return scan
@@ -158,6 +164,7 @@ class _Scanner:
 
     def tensor(self, start: int, end: int) -> None:
         external, location = False, None
+        keys: set[str] = set()
         for number, value, s, e in self._fields(start, end):
             if number == _TENSOR_DATA_LOCATION:
                 external = value == _EXTERNAL
@@ -168,6 +175,12 @@ class _Scanner:
                         key = self._string(s2, e2)
                     elif n == _ENTRY_VALUE:
                         value_ = self._string(s2, e2)
+                # NOTE: a key listed twice is read as its first value by ONNX Runtime and as its
+                # last by others: what is checked would not be what is opened.
+                if key is not None and key in keys:
+                    raise _Ambiguous(f"a tensor's external data lists {key!r} twice")
+                if key is not None:
+                    keys.add(key)
                 if key == "location" and value_ is not None:
                     location = value_
         if external and location is not None and location not in self.scan.external_locations:

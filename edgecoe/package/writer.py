@@ -19,7 +19,7 @@ from types import TracebackType
 import onnx
 
 from edgecoe.errors import InvalidInputError
-from edgecoe.package.files import record_file
+from edgecoe.package.files import record_file, unsafe_path_reason
 from edgecoe.package.manifest import MANIFEST_NAME, FileRecord, Manifest
 
 # Models whose protobuf would exceed this are written with external data:
@@ -39,8 +39,11 @@ class PackageWriter:
         self.overwrite = overwrite
         if self.dest.exists() and not overwrite:
             raise InvalidInputError(f"{self.dest} already exists; pass overwrite (--force) to replace it")
-        if self.dest.exists() and not self.dest.is_dir():
+        if self.dest.is_symlink() or (self.dest.exists() and not self.dest.is_dir()):
             raise InvalidInputError(f"{self.dest} exists and is not a directory")
+        if self.dest.exists() and not _replaceable(self.dest):
+            raise InvalidInputError(f"{self.dest} is not an edgecoe package (no {MANIFEST_NAME}) and not empty; "
+                                    "refusing to replace it")
         self.tmp: Path | None = None
         self._committed = False
 
@@ -65,6 +68,13 @@ class PackageWriter:
             raise RuntimeError("PackageWriter used outside its `with` block")
         return self.tmp
 
+    def _inside(self, rel: str) -> Path:
+        """``root/rel``, refusing any ``rel`` that would land outside the package."""
+        reason = unsafe_path_reason(self.root, rel)
+        if reason is not None:
+            raise InvalidInputError(f"refusing to write {rel!r}: {reason}")
+        return self.root / rel
+
     def write_model(self, rel: str, model: onnx.ModelProto, *, external: bool | None = None) -> tuple[FileRecord, list[FileRecord]]:
         """Write an ONNX model at ``rel``; returns its record and its external-data records.
 
@@ -72,7 +82,7 @@ class PackageWriter:
             external: store weights in ``rel + ".data"``. ``None`` decides by
                 size (external only when the protobuf would exceed 2 GiB).
         """
-        path = self.root / rel
+        path = self._inside(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         if external is None:
             external = model.ByteSize() > _INLINE_LIMIT_BYTES
@@ -88,7 +98,7 @@ class PackageWriter:
         return record_file(self.root, rel), extra
 
     def write_bytes(self, rel: str, data: bytes) -> FileRecord:
-        path = self.root / rel
+        path = self._inside(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return record_file(self.root, rel)
@@ -115,6 +125,11 @@ class PackageWriter:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.dest
+
+
+def _replaceable(dest: Path) -> bool:
+    """A directory ``--force`` may replace: an edgecoe package, or empty."""
+    return (dest / MANIFEST_NAME).is_file() or not any(dest.iterdir())
 
 
 def _fsync_tree(root: Path) -> None:
