@@ -41,12 +41,13 @@ from typing import Literal
 
 import onnxruntime as ort
 
+from edgecoe.package.files import sha256_file
+
 logger = logging.getLogger(__name__)
 
 ENV_DIR = "EDGECOE_CACHE_DIR"
 _INDEX_NAME = "content-index.json"
 _INDEX_LIMIT = 20_000  # file identities remembered; the oldest are forgotten first
-_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def default_cache_dir() -> Path:
@@ -69,14 +70,6 @@ def machine_signature() -> str:
     except OSError:
         parts.append(platform.processor())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_identity(path: Path) -> str:
@@ -117,7 +110,7 @@ class OptimizedModelCache:
             known = index.get(identity)
         if known is not None:
             return known
-        sha = file_sha256(source)
+        sha = sha256_file(source)
         if file_identity(source) != identity:  # changed while being read: hash what is there next time
             return sha
         with self._lock:
@@ -171,7 +164,7 @@ class OptimizedModelCache:
             # NOTE: only if the source is still the file that was hashed: a package swapping its
             # file between our hash and ORT's read must not plant a model under another's content.
             if temp.exists() and file_identity(source) == identity:
-                self._write_meta(cached, self.content_hash(source), file_sha256(temp))
+                self._write_meta(cached, self.content_hash(source), sha256_file(temp))
                 os.replace(temp, cached)
             return session
         finally:
@@ -189,7 +182,7 @@ class OptimizedModelCache:
             if meta.get("source_sha256") != self.content_hash(source):
                 raise ValueError("built from another model")
             if (str(entry), identity) not in self._verified:
-                if meta.get("entry_sha256") != file_sha256(entry):
+                if meta.get("entry_sha256") != sha256_file(entry):
                     raise ValueError("its bytes changed since it was written")
                 self._verified.add((str(entry), identity))
         except (OSError, ValueError, AttributeError) as exc:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from edgecoe.errors import Problem, ProfileError
-from edgecoe.schema import DocumentError, StrictModel, parse_json, pydantic_problems, read_document
+from edgecoe.errors import ProfileError
+from edgecoe.schema import StrictModel, load_document
 
 PROFILE_VERSION: Literal[1] = 1
 MAX_PROFILE_BYTES = 16 * 1024 * 1024
@@ -131,15 +131,7 @@ def load_profile(path: str | Path) -> DeviceProfile:
     Raises:
         ProfileError: naming the file and each invalid field.
     """
-    path = Path(path)
-    try:
-        raw = parse_json(read_document(path, max_bytes=MAX_PROFILE_BYTES), path.name)
-    except DocumentError as exc:
-        raise ProfileError(path, [Problem(exc.where, exc.message)]) from None
-    try:
-        return DeviceProfile.model_validate(raw)
-    except ValidationError as exc:
-        raise ProfileError(path, pydantic_problems(path.name, exc)) from exc
+    return load_document(path, DeviceProfile, error=ProfileError, max_bytes=MAX_PROFILE_BYTES)
 
 
 def default_profile() -> DeviceProfile:

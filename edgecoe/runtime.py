@@ -55,6 +55,7 @@ from edgecoe.workload import Workload, materialize
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class _Request:
     """A request in flight."""
@@ -63,7 +64,7 @@ class _Request:
     inputs: dict[str, np.ndarray]
     future: Future[Result]
     submitted_ms: float
-    input_bytes: int = 0  # what its copied inputs hold, counted against the queue limit
+    input_bytes: int = 0  # its copied inputs and bookkeeping, counted against the queue limit
     pending: int = 1  # tasks not finished yet (fan-out adds some)
     path: list[str] = field(default_factory=list)
     leaves: dict[str, Outputs] = field(default_factory=dict)

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
@@ -180,6 +181,30 @@ class _StrictLoader(yaml.SafeLoader):
                                           "one mapping")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_document(path: str | Path, model: type[M], *, error: Callable[[Path, list[Problem]], Exception],
+                  max_bytes: int) -> M:
+    """Read, parse (YAML unless the name ends in ``.json``) and validate one document file.
+
+    Args:
+        model: the schema it must follow.
+        error: builds the error to raise from (path, problems), e.g. ``ProfileError``.
+        max_bytes: the largest file accepted.
+    """
+    path = Path(path)
+    try:
+        text = read_document(path, max_bytes=max_bytes)
+        raw = parse_json(text, path.name) if path.suffix == ".json" else parse_yaml(text, path.name)
+    except DocumentError as exc:
+        raise error(path, [Problem(exc.where, exc.message)]) from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise error(path, pydantic_problems(path.name, exc)) from exc
 
 
 def pydantic_problems(where: str, exc: ValidationError) -> list[Problem]:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import onnx
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 import edgecoe
 from edgecoe.demo.builders import resnet_classifier, yolo_detector
-from edgecoe.errors import InvalidInputError, Problem, SpecError
+from edgecoe.errors import InvalidInputError, SpecError
 from edgecoe.package.manifest import (
     ArgmaxRoute,
     EntryRule,
@@ -25,7 +25,7 @@ from edgecoe.package.manifest import (
 from edgecoe.package.onnxmodel import io_specs
 from edgecoe.package.routing import declared_usage_probabilities
 from edgecoe.package.writer import PackageWriter
-from edgecoe.schema import DocumentError, StrictModel, parse_yaml, pydantic_problems, read_document
+from edgecoe.schema import StrictModel, load_document
 from edgecoe.workload import distribution_shares
 
 _FAMILIES = ["res", "cap", "ind", "diode", "led", "tr", "ic", "conn", "osc", "fuse", "sw", "relay"]
@@ -85,15 +85,12 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def load_recipe(path: str | Path) -> DemoRecipe:
-    path = Path(path)
-    try:
-        raw = parse_yaml(read_document(path, max_bytes=1024 * 1024), path.name)
-    except DocumentError as exc:
-        raise SpecError(path, [Problem(exc.where, exc.message)]) from None
-    try:
-        return DemoRecipe.model_validate(raw)
-    except ValidationError as exc:
-        raise SpecError(path, pydantic_problems(path.name, exc)) from exc
+    """Read and validate a demo recipe (YAML).
+
+    Raises:
+        SpecError: naming the file and each invalid field.
+    """
+    return load_document(path, DemoRecipe, error=SpecError, max_bytes=1024 * 1024)
 
 
 def component_types(count: int) -> list[tuple[str, int]]:
