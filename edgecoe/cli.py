@@ -104,8 +104,9 @@ def _progress(console: Console, *, rate: bool = False) -> Progress:
     if rate:
         columns.append(TextColumn("{task.fields[rate]}"))
     columns.append(TextColumn("{task.fields[item]}"))
-    # transient: a live bar disappears when its step ends (or fails); what a step found is printed
-    return Progress(*columns, console=console, transient=True)
+    # transient: a live bar disappears when its step ends (or fails); what a step found is printed.
+    # Off the terminal (a log, a pipe) there is no live bar: the steps print their own lines.
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
 
 # -- output options: checked before any work --------------------------------------------
