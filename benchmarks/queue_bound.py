@@ -25,12 +25,13 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from edgecoe.admission import REQUEST_OVERHEAD_BYTES
 from edgecoe.config import RuntimeConfig
 from edgecoe.errors import QueueFullError
 from edgecoe.memory import release_freed_memory, rss_bytes
 from edgecoe.package import load_package
 from edgecoe.results import format_machine, machine_info
-from edgecoe.runtime import REQUEST_OVERHEAD_BYTES, Runtime
+from edgecoe.runtime import Runtime
 from edgecoe.workload import generate_workload, materialize
 
 
@@ -71,9 +72,9 @@ def main() -> None:
         fixed = rss_bytes()
         budget = runtime.caches["cpu"].budget_bytes
         per_request = sum(a.nbytes for a in inputs[0].values()) + REQUEST_OVERHEAD_BYTES
-        limit_bytes = min(runtime.max_queued_input_bytes, runtime.max_queued_requests * per_request)
+        limit_bytes = min(runtime.in_flight.max_bytes, runtime.in_flight.max_requests * per_request)
         print(f"{pkg.name}: {args.requests} requests at once ({args.mode}), budget {budget / 1e6:.1f} MB; "
-              f"queue limits {runtime.max_queued_requests} requests, {runtime.max_queued_input_bytes / 1e6:.0f} MB "
+              f"queue limits {runtime.in_flight.max_requests} requests, {runtime.in_flight.max_bytes / 1e6:.0f} MB "
               f"of inputs ({per_request / 1e3:.1f} kB per request with its bookkeeping: {limit_bytes / 1e6:.1f} MB binds)")
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -117,8 +118,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "machine": machine_info(), "package": pkg.name, "requests": args.requests, "mode": args.mode,
-            "budget_bytes": budget, "max_queued_requests": runtime.max_queued_requests,
-            "max_queued_input_bytes": runtime.max_queued_input_bytes, "input_bytes_per_request": per_request,
+            "budget_bytes": budget, "max_queued_requests": runtime.in_flight.max_requests,
+            "max_queued_input_bytes": runtime.in_flight.max_bytes, "input_bytes_per_request": per_request,
             "fixed_rss_bytes": fixed, "peak_rss_bytes": peak, "bound_bytes": bound, "served": served,
             "failed": failed, "rejected": rejected, "lost": lost, "submit_s": submitted_s, "wall_s": wall_s,
         }, indent=2) + "\n")

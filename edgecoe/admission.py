@@ -9,11 +9,12 @@ trace in the runtime.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 import numpy as np
 
-from edgecoe.errors import InvalidInputError, RoutingError, WorkloadError
+from edgecoe.errors import InvalidInputError, QueueFullError, RoutingError, WorkloadError
 from edgecoe.package.manifest import Manifest
 from edgecoe.package.routing import entry_expert
 from edgecoe.workload import Workload, materialize
@@ -112,3 +113,50 @@ def check_trace(workload: Workload, manifest: Manifest, *, limit: int = 20) -> l
             if len(problems) >= limit:
                 break
     return problems
+
+
+REQUEST_OVERHEAD_BYTES = 8 * 1024
+"""What a request in flight holds besides its inputs (future, records, task; measured about
+7 kB on CPython 3.11), counted with them against the byte limit."""
+
+
+class InFlightLimit:
+    """Requests in flight and the bytes they hold, bounded; thread-safe.
+
+    Invariant: ``num_requests <= max_requests`` and ``num_bytes <= max_bytes`` at all times.
+    """
+
+    def __init__(self, *, max_requests: int, max_bytes: int) -> None:
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.num_requests = 0
+        self.num_bytes = 0
+        self._room = threading.Condition()
+
+    def acquire(self, num_bytes: int, *, wait_s: float | None = 0.0) -> None:
+        """Take room for one request of ``num_bytes``, waiting up to ``wait_s`` (None: no limit).
+
+        Raises:
+            QueueFullError: no room in time, or one request larger than the byte limit.
+        """
+        if num_bytes > self.max_bytes:
+            raise QueueFullError(f"one request holds {num_bytes} bytes (its inputs and {REQUEST_OVERHEAD_BYTES} of "
+                                 f"bookkeeping), more than max_queued_input_bytes={self.max_bytes}")
+        with self._room:
+            fits = (lambda: self.num_requests < self.max_requests  # noqa: E731 - read at every wake-up
+                    and self.num_bytes + num_bytes <= self.max_bytes)
+            if not self._room.wait_for(fits, wait_s):
+                raise QueueFullError(
+                    f"{self.num_requests} requests ({self.num_bytes} bytes) in flight: the limits are "
+                    f"max_queued_requests={self.max_requests}, max_queued_input_bytes={self.max_bytes}; "
+                    "retry later or submit with wait_s")
+            self.num_requests += 1
+            self.num_bytes += num_bytes
+
+    def release(self, num_bytes: int) -> None:
+        """Give back what one request took."""
+        with self._room:
+            self.num_requests -= 1
+            self.num_bytes -= num_bytes
+            assert self.num_requests >= 0 and self.num_bytes >= 0, "released more than was acquired"
+            self._room.notify_all()

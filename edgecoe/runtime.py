@@ -25,18 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from edgecoe.admission import Admission, check_trace
+from edgecoe.admission import REQUEST_OVERHEAD_BYTES, Admission, InFlightLimit
 from edgecoe.cache import ExpertCache
 from edgecoe.config import RuntimeConfig
 from edgecoe.engine import CacheTotals, Engine, build_engine, queue_limits
 from edgecoe.errors import (
     CacheLoadError,
     InvalidInputError,
-    QueueFullError,
     RequestCancelled,
     RequestError,
     RoutingError,
-    WorkloadError,
 )
 from edgecoe.execution import Outputs, run_isolating
 from edgecoe.health import ExpertHealth
@@ -44,14 +42,15 @@ from edgecoe.loaders import ExpertLoader, LoadedExpert
 from edgecoe.memory import HeapTrimmer, release_freed_memory
 from edgecoe.package import Package
 from edgecoe.package.manifest import Route
-from edgecoe.package.routing import expected_uses, next_experts
+from edgecoe.package.routing import next_experts
 from edgecoe.profile import DeviceProfile, default_profile
+from edgecoe.replay import replay
 from edgecoe.results import CloseOutcome, Report, Result
 from edgecoe.sched import ExecutorInfo, SchedulingPolicy, Task
 from edgecoe.sched.prefetch import NeededCounts, likely_successors
 from edgecoe.sched.types import Batch
 from edgecoe.timeline import Timeline
-from edgecoe.workload import Workload, materialize
+from edgecoe.workload import Workload
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +77,6 @@ class _Payload:
 
     request: _Request
     inputs: dict[str, np.ndarray]
-
-
-REQUEST_OVERHEAD_BYTES = 8 * 1024
-"""What a request in flight holds besides its inputs (future, records, task; measured about
-7 kB on CPython 3.11), counted against ``max_queued_input_bytes`` with them."""
 
 
 def _resolve(future: Future[Result], outcome: Result | BaseException) -> None:
@@ -138,8 +132,8 @@ class Runtime:
         # and a done-callback of theirs may cancel another request while we resolve one under the lock.
         self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
-        self.max_queued_requests, self.max_queued_input_bytes = queue_limits(self.engine.profile, self.config)
-        self._queued_input_bytes = 0
+        max_requests, max_bytes = queue_limits(self.engine.profile, self.config)
+        self.in_flight = InFlightLimit(max_requests=max_requests, max_bytes=max_bytes)
         self._closing = False
         self._seq = itertools.count()
         self._requests: dict[str, _Request] = {}
@@ -201,36 +195,25 @@ class Runtime:
         """
         arrays, first = self._admission.admit(inputs, metadata)
         num_bytes = sum(a.nbytes for a in arrays.values()) + REQUEST_OVERHEAD_BYTES
-        if num_bytes > self.max_queued_input_bytes:
-            raise QueueFullError(f"one request holds {num_bytes} bytes (its inputs and {REQUEST_OVERHEAD_BYTES} of "
-                                 f"bookkeeping), more than max_queued_input_bytes={self.max_queued_input_bytes}")
+        self.in_flight.acquire(num_bytes, wait_s=wait_s)  # outside our lock: a wait must not stall executors
         future: Future[Result] = Future()
         with self._work:
-            if not self._work.wait_for(lambda: self._closing or self._has_room_locked(num_bytes), wait_s):
-                raise QueueFullError(
-                    f"{len(self._requests)} requests ({self._queued_input_bytes} input bytes) in flight: the limits "
-                    f"are max_queued_requests={self.max_queued_requests}, max_queued_input_bytes="
-                    f"{self.max_queued_input_bytes}; retry later or submit with wait_s")
-            if self._closing:
-                raise RuntimeError("runtime is closed")
             seq = next(self._seq)
             rid = request_id or f"req-{seq}"
-            if rid in self._requests:
-                raise InvalidInputError(f"request id {rid!r} is already in flight")
+            refused = ("runtime is closed" if self._closing else
+                       f"request id {rid!r} is already in flight" if rid in self._requests else None)
+            if refused is not None:
+                self.in_flight.release(num_bytes)
+                raise RuntimeError(refused) if self._closing else InvalidInputError(refused)
             now = self.now_ms()
             request = _Request(rid, arrays, future, now, input_bytes=num_bytes)
             self._requests[rid] = request
-            self._queued_input_bytes += num_bytes
             self._enqueue_locked(Task(rid, first, now, seq, _Payload(request, arrays)), now)
             self._work.notify_all()
         # NOTE: by id, not the request: a future referring back to its request would make a cycle
         # that keeps every finished request's inputs alive until the garbage collector runs.
         future.add_done_callback(lambda f: self._maybe_cancelled(rid, f))
         return future
-
-    def _has_room_locked(self, num_bytes: int) -> bool:
-        return (len(self._requests) < self.max_queued_requests
-                and self._queued_input_bytes + num_bytes <= self.max_queued_input_bytes)
 
     def _maybe_cancelled(self, request_id: str, future: Future[Result]) -> None:
         """The caller cancelled ``future``: its tasks are skipped, its room is freed."""
@@ -245,53 +228,17 @@ class Runtime:
             self._work.notify_all()
 
     def run(self, workload: Workload, *, progress: Callable[[int, int], None] | None = None) -> Report:
-        """Submit a workload at its arrival times and wait for every request.
-
-        Args:
-            progress: called with (finished, total) as requests finish.
+        """Replay ``workload`` at its arrival times and wait for every request (:func:`edgecoe.replay.replay`).
 
         Raises:
             WorkloadError: some request would be refused at submit (each named); nothing ran.
         """
-        problems = check_trace(workload, self.package.manifest)
-        if problems:
-            raise WorkloadError(f"workload has requests this package refuses ({len(problems)} shown):\n  "
-                                + "\n  ".join(problems))
-        self.engine.set_future(expected_uses(self.package.manifest, [r.metadata for r in workload.requests]))
-        total = len(workload)
-        done = 0
-        done_lock = threading.Lock()
-        start_ms = self.now_ms()
-        since = self.engine.totals()
-        futures: list[Future[Result]] = []
+        return replay(self, workload, progress=progress)
 
-        def finished(_: Future[Result]) -> None:
-            nonlocal done
-            with done_lock:
-                done += 1
-                count = done
-            if progress:
-                progress(count, total)
-
-        for request in workload.requests:
-            delay_s = (start_ms + request.arrival_ms - self.now_ms()) / 1e3
-            if delay_s > 0:
-                time.sleep(delay_s)
-            inputs = materialize(request, self.package.manifest.inputs, workload.base_dir)
-            try:  # a replay waits for room: back-pressure delays arrivals instead of losing requests
-                future = self.submit(inputs, request.metadata, request_id=request.id, wait_s=None)
-            except InvalidInputError as exc:
-                future = Future()
-                future.set_exception(RequestError(request.id, None, str(exc)))
-                with self._lock:
-                    self._count_error_locked(str(exc))
-            future.add_done_callback(finished)
-            futures.append(future)
-        for future in futures:
-            future.exception()  # waits; failures are counted where they happen
-        wall_s = (self.now_ms() - start_ms) / 1e3
-        latencies = [f.result().latency_ms for f in futures if f.exception() is None]
-        return self.report(len(futures), latencies, wall_s, since)
+    def record_failure(self, cause: str) -> None:
+        """Count a failure that happened outside the runtime (a replayed request refused at submit)."""
+        with self._lock:
+            self._count_error_locked(cause)
 
     def report(self, num_requests: int, latencies_ms: list[float], wall_s: float,
                since: CacheTotals = CacheTotals.ZERO) -> Report:
@@ -496,8 +443,7 @@ class Runtime:
     def _retire_locked(self, request: _Request) -> None:
         """The request ended: it leaves the in-flight table and gives its room back."""
         if self._requests.pop(request.id, None) is not None:
-            self._queued_input_bytes -= request.input_bytes
-            self._work.notify_all()
+            self.in_flight.release(request.input_bytes)
 
     def _count_error_locked(self, cause: str) -> None:
         key = cause[:80]

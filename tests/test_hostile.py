@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from helpers import _mlp, chain_spec, faulty_runtime, inject, wait_idle, wide_package, write_spec
 from onnx import TensorProto, helper, numpy_helper
 
+from edgecoe.admission import REQUEST_OVERHEAD_BYTES
 from edgecoe.cli import main
 from edgecoe.config import RuntimeConfig, parse_budget
 from edgecoe.errors import (
@@ -35,7 +36,7 @@ from edgecoe.export import export_package
 from edgecoe.package import load_package
 from edgecoe.package.writer import PackageWriter
 from edgecoe.profile import load_profile
-from edgecoe.runtime import REQUEST_OVERHEAD_BYTES, Runtime
+from edgecoe.runtime import Runtime
 from edgecoe.workload import read_workload
 
 
