@@ -187,9 +187,3 @@ def _for_entry(on_progress: Callable[[str, int, int], None] | None,
 def _sim_profile(pkg: Package, profile: DeviceProfile, budget: str | int) -> tuple[DeviceProfile, int, int]:
     loader = CostModelLoader(pkg.manifest, profile)
     return _with_budget(profile, budget, sum(loader.footprint_bytes(n) for n in pkg.experts))
-
-
-def processors_summary(profile: DeviceProfile) -> str:
-    return ", ".join(f"{p.id} x{p.num_executors}" for p in profile.processors)
-
-
