@@ -46,8 +46,7 @@ def main() -> None:
                          resident_set=lambda p, caches=caches: caches[p].members())
         executors = [ExecutorInfo(0, "cuda:0", "cuda"), ExecutorInfo(1, "cuda:0", "cuda"),
                      ExecutorInfo(2, "cuda:0", "cuda"), ExecutorInfo(3, "cpu", "cpu")]
-        sched = create_scheduler(name, executors, cost, free_bytes=lambda p, caches=caches: caches[p].free_bytes,
-                                 expert_bytes=size.__getitem__, max_delay_ms=30_000.0)
+        sched = create_scheduler(name, executors, cost, max_delay_ms=30_000.0)
         picks = rng.choices(names, weights=weights, k=args.queued + args.measure)
         for seq, expert in enumerate(picks[: args.queued]):
             sched.add(Task(f"r{seq}", expert, 0.0, seq), 0.0)

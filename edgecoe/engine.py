@@ -121,6 +121,7 @@ class Engine(Generic[H]):
     caches: dict[str, ExpertCache[LoadedExpert[H]]]  # processor id -> its expert pool
     cost: CostModel
     scheduler: SchedulingPolicy
+    working_bytes_per_executor: dict[str, int]  # processor id -> memory reserved for one executor's batch
     _num_prefetches: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -196,6 +197,7 @@ class Engine(Generic[H]):
                         **({"host": host.stats.peak_bytes} if host else {})},
             budget_bytes={**{p: c.budget_bytes for p, c in self.caches.items()},
                           **({"host": host.budget_bytes} if host else {})},
+            working_bytes={p: n * self.working_bytes_per_executor[p] for p, n in self.executors_per_processor().items()},
             load_s=0.0 if simulated else sum(c.stats.load_seconds for c in self.caches.values()),
             executors=self.executors_per_processor(), startup_s=startup_s, simulated=simulated,
             profile=self.profile.name, errors=errors, quarantined=quarantined or {},
@@ -248,14 +250,30 @@ def build_engine(
             policy=create_eviction_policy(
                 preset.eviction, usage_probability={n: e.usage_probability for n, e in experts.items()},
                 parents=graph.parents, future_uses=[]))
-    scheduler = create_scheduler(preset.scheduler, executors, cost,
-                                 free_bytes=lambda proc: caches[proc].free_bytes, expert_bytes=loader.footprint_bytes,
+    working = working_bytes_per_executor(manifest, profile, cost)
+    scheduler = create_scheduler(preset.scheduler, executors, cost, working_bytes=working.__getitem__,
                                  max_delay_ms=config.max_delay_ms)
     engine = Engine(manifest=manifest, graph=graph, profile=profile, config=config, preset=preset, loader=loader,
-                    executors=executors, caches=caches, cost=cost, scheduler=scheduler)
+                    executors=executors, caches=caches, cost=cost, scheduler=scheduler,
+                    working_bytes_per_executor=working)
     if preset.preload:
         engine.preload()
     return engine
+
+
+def working_bytes_per_executor(manifest: Manifest, profile: DeviceProfile, cost: CostModel) -> dict[str, int]:
+    """Memory one executor's largest batch needs on each processor: the profile's per-item
+    memory times its max batch, for the most demanding architecture of the package.
+
+    It is reserved apart from the expert budget (reported as ``working_bytes``), so batch
+    sizes never depend on how full the expert cache is.
+    """
+    first_of: dict[str, str] = {}
+    for name, record in manifest.experts.items():
+        first_of.setdefault(record.architecture, name)
+    return {p.id: max((cost.max_batch(e, p.kind) * cost.item_bytes(e, p.kind) for e in first_of.values()),
+                      default=0)
+            for p in profile.processors}
 
 
 def _cache_loader(loader: ExpertLoader[H], cost: CostModel, processor_id: str,

@@ -88,6 +88,7 @@ class Report:
     executors: dict[str, int]
     startup_s: float
     load_s: float = 0.0  # time spent making experts resident (all executors together)
+    working_bytes: dict[str, int] = field(default_factory=dict)  # processor -> memory reserved for batches
     simulated: bool = False
     profile: str = ""
     errors: dict[str, int] = field(default_factory=dict)  # cause -> count

@@ -99,13 +99,17 @@ def test_coserve_split_respects_max_batch():
     assert sizes == [2, 2, 1]
 
 
-def test_coserve_split_respects_free_memory():
-    # 10 bytes per item; 1000 free but the expert (400 bytes) is not resident: 600 // 10 = 60 -> capped by max 100?
+def test_coserve_split_respects_the_working_memory_of_an_executor():
     q = create_scheduler("coserve", executors(1), cost_model(max_batch=100, item_bytes=10),
-                         free_bytes=lambda p: 430, expert_bytes=lambda e: 400)
+                         working_bytes=lambda p: 35)
     for i in range(10):
         q.add(task("a", i), 0.0)
-    assert len(q.pop_batch(0, 0.0).tasks) == 3  # (430 - 400) // 10
+    assert len(q.pop_batch(0, 0.0).tasks) == 3  # 35 // 10
+    q = create_scheduler("coserve", executors(1), cost_model(max_batch=4, item_bytes=10),
+                         working_bytes=lambda p: 10_000)
+    for i in range(10):
+        q.add(task("a", i), 0.0)
+    assert len(q.pop_batch(0, 0.0).tasks) == 4  # the profile's max batch
 
 
 def test_batching_off_caps_batches_at_one():

@@ -65,10 +65,13 @@ def render_table(console: Console, result: BenchResult) -> None:
         vs_all = result.ratio(name, "all-resident")
         switch_ratio = (f"{report.num_switches / samba.num_switches:.2f}"
                         if samba is not None and samba.num_switches else "-")
+        flag = " !" if result.suspect(name) else ""  # above the all-resident bound: a broken bound or figure
         table.add_row(name, f"{report.throughput_rps:.1f}", f"{vs_samba:.2f}" if vs_samba else "-",
-                      f"{vs_all:.2f}" if vs_all else "-", str(report.num_switches), switch_ratio,
+                      f"{vs_all:.2f}{flag}" if vs_all else "-", str(report.num_switches), switch_ratio,
                       f"{report.latency_ms['p50']:.0f}", f"{report.latency_ms['p99']:.0f}", str(report.num_failed))
     console.print(table)
+    if any(result.suspect(name) for name in result.reports):
+        console.print("[yellow]! above the all-resident bound: that entry's figure, or the bound, is suspect[/yellow]")
     console.print(f"machine: {format_machine(result.machine)}")
 
 

@@ -14,7 +14,8 @@ executor is free. Policies are plain single-threaded objects; the runtime
   that minimises the makespan (K*n+B execution plus load latency unless the
   expert is resident or already queued there; ties by smallest added time),
   *arrange* behind queued tasks for the same expert, *split* groups into
-  batches of at most min(max batch, what fits in free memory).
+  batches of at most min(max batch, what fits in an executor's working memory, which
+  is reserved apart from the expert budget; CoServe used the memory left beside the experts).
 - ``arrange``: coserve's arranging and splitting without its assigning (new
   groups go to executors in turn); the ablation step between the two.
 - ``edgecoe``: coserve, but assign by earliest finish time (weighs a switch on
@@ -155,13 +156,13 @@ class CoserveQueue:
 
     def __init__(
         self, executors: list[ExecutorInfo], cost: CostModel, *,
-        free_bytes: Callable[[str], int] | None = None, expert_bytes: Callable[[str], int] | None = None,
-        max_delay_ms: float | None = None,
+        working_bytes: Callable[[str], int] | None = None, max_delay_ms: float | None = None,
     ) -> None:
         self.executors = executors
         self.cost = cost
-        self.free_bytes = free_bytes or (lambda processor_id: 1 << 62)
-        self.expert_bytes = expert_bytes or (lambda expert: 0)
+        # processor -> memory one executor's batch may use there; reserved apart from the
+        # expert budget, so how full the cache is never changes batch sizes (None: unlimited)
+        self.working_bytes = working_bytes or (lambda processor_id: 1 << 62)
         self.max_delay_ms = max_delay_ms
         self._groups: list[OrderedDict[str, _Group]] = [OrderedDict() for _ in executors]  # executor -> expert -> group
         self._backlog_ms = [0.0] * len(executors)  # executor -> sum of its groups' est_ms
@@ -229,15 +230,17 @@ class CoserveQueue:
         return self._starving_group(executor, now_ms) or next(iter(self._groups[executor].values()))
 
     def batch_limit(self, expert: str, executor: int) -> int:
-        """min(profiled max batch, items that fit in free memory), at least 1."""
+        """min(profiled max batch, items that fit in the executor's working memory), at least 1.
+
+        NOTE: CoServe splits by the memory left beside the resident experts; that
+        made a full cache run batches of one (an all-resident budget ran every batch at
+        size 1). Batches get a working reservation of their own instead.
+        """
         info = self.executors[executor]
         limit = self.cost.max_batch(expert, info.kind)
         per_item = self.cost.item_bytes(expert, info.kind)
         if per_item > 0:
-            free = self.free_bytes(info.processor_id)
-            if not self.cost.is_resident(expert, info.processor_id):
-                free -= self.expert_bytes(expert)
-            limit = min(limit, max(1, free // per_item))
+            limit = min(limit, self.working_bytes(info.processor_id) // per_item)
         return max(1, limit)
 
     def pop_batch(self, executor: int, now_ms: float) -> Batch | None:
@@ -377,13 +380,10 @@ SchedulerFactory = Callable[..., SchedulingPolicy]
 _REGISTRY: dict[str, SchedulerFactory] = {
     "fcfs": lambda executors, cost, **_: FcfsQueue(executors, cost),
     "round-robin": lambda executors, cost, **_: RoundRobinQueue(executors, cost),
-    "coserve": lambda executors, cost, **kw: CoserveQueue(
-        executors, cost, free_bytes=kw.get("free_bytes"), expert_bytes=kw.get("expert_bytes")),
-    "arrange": lambda executors, cost, **kw: ArrangeQueue(
-        executors, cost, free_bytes=kw.get("free_bytes"), expert_bytes=kw.get("expert_bytes")),
+    "coserve": lambda executors, cost, **kw: CoserveQueue(executors, cost, working_bytes=kw.get("working_bytes")),
+    "arrange": lambda executors, cost, **kw: ArrangeQueue(executors, cost, working_bytes=kw.get("working_bytes")),
     "edgecoe": lambda executors, cost, **kw: EdgecoeQueue(
-        executors, cost, free_bytes=kw.get("free_bytes"), expert_bytes=kw.get("expert_bytes"),
-        max_delay_ms=kw.get("max_delay_ms")),
+        executors, cost, working_bytes=kw.get("working_bytes"), max_delay_ms=kw.get("max_delay_ms")),
 }
 
 SCHEDULERS = tuple(_REGISTRY)
@@ -393,8 +393,8 @@ def create_scheduler(name: str, executors: list[ExecutorInfo], cost: CostModel, 
     """Build a scheduling policy by name.
 
     Args:
-        context: ``free_bytes`` (processor_id -> int), ``expert_bytes``
-            (expert -> int), ``max_delay_ms`` (edgecoe's starvation bound).
+        context: ``working_bytes`` (processor_id -> memory one executor's batch may
+            use), ``max_delay_ms`` (edgecoe's starvation bound).
 
     Raises:
         ValueError: unknown name; the message lists the valid ones.
