@@ -430,6 +430,11 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @click.option("--arrival", type=click.Choice(["poisson", "uniform"]), default="poisson", show_default=True,
               help="Arrival process at --rate.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed of the trace (and simulated routing).")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Several seeds: each its own trace; the table and JSON give medians and ranges over all runs "
+                   "(overrides --seed).")
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Runs of every entry on each seed's trace (medians and ranges when more than one).")
 @click.option("--simulate", is_flag=True, help="Virtual clock with a profile's costs instead of real sessions.")
 @click.option("--profile", "profile_name", default=None, help="Device profile (file or name in device_profiles/).")
 @click.option("--paper", type=click.Choice(["numa", "uma"]), default=None,
@@ -442,12 +447,13 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
               help="Write a Chrome/Perfetto timeline of loads, evictions and batches (last sweep point).")
 @_errors_are_one_line
 def bench(package: Path | None, policies: str | None, ablation: bool, budget: str, num_requests: int, dist: str,
-          rate_rps: float, arrival: str, seed: int, simulate: bool, profile_name: str | None, paper: str | None,
-          sweep: str | None, json_path: Path | None, plots_dir: Path | None, trace_path: Path | None) -> None:
+          rate_rps: float, arrival: str, seed: int, seeds: str | None, repeat: int, simulate: bool,
+          profile_name: str | None, paper: str | None, sweep: str | None, json_path: Path | None,
+          plots_dir: Path | None, trace_path: Path | None) -> None:
     """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios."""
     from edgecoe.bench import paper_package, run_bench
-    from edgecoe.bench.harness import entry_config
-    from edgecoe.bench.report import render_table, sweep_points, write_plots
+    from edgecoe.bench.harness import RepeatedBench, entry_config
+    from edgecoe.bench.report import render_repeated, render_table, sweep_points, write_plots
     from edgecoe.profiler.select import best_profile, resolve_profile
     from edgecoe.timeline import Timeline, write_trace
     from edgecoe.workload import generate_workload
@@ -456,6 +462,7 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
     for entry in entries:
         entry_config(entry, 1, 1)  # an unknown name fails here, before any work
     points = sweep_points(sweep)
+    seed_list = _seeds(seeds) if seeds else [seed]
     _check_json_path(json_path)
     _check_json_path(trace_path, "--trace")
     _check_output_dir(plots_dir, "--plots")
@@ -475,33 +482,51 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
             profile, _ = resolve_profile(profile_name)
         elif (match := best_profile(pkg)) is not None:
             profile = match.profile
-    results = []
+    results: list[tuple[str, RepeatedBench]] = []
     timelines: dict[str, Timeline] = {}
     for index, point in enumerate(points):
         point_dist = point.dist or dist
         point_rate = point.rate_rps if point.rate_rps is not None else rate_rps
         point_budget = point.budget or budget
-        trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=point_dist, rate_rps=point_rate,
-                                  arrival=arrival, seed=seed)  # type: ignore[arg-type]
-        where = f"simulated with {profile.name}" if simulate and profile else "real sessions"
-        console.print(f"[bold]{escape(pkg.name)}[/bold]{' ' + point.label if point.label else ''}: "
-                      f"{len(trace)} requests, {point_dist}, {point_rate:g} req/s ({arrival}); "
-                      f"budget {point_budget}; {escape(where)}")
-        with _bench_progress(console, entries, len(trace), simulate) as (on_warm, on_progress, on_report):
-            result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile, simulate=simulate,
-                               seed=seed, num_executors=point.num_executors,
-                               timelines=timelines if trace_path and index == len(points) - 1 else None,
-                               on_warm=on_warm, on_progress=on_progress, on_report=on_report)
-        render_table(console, result)
-        results.append((point.label, result))
+        repeated = RepeatedBench()
+        for run_seed in seed_list:
+            trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=point_dist, rate_rps=point_rate,
+                                      arrival=arrival, seed=run_seed)  # type: ignore[arg-type]
+            for run in range(repeat):
+                where = f"simulated with {profile.name}" if simulate and profile else "real sessions"
+                which = f"; seed {run_seed}, run {run + 1}/{repeat}" if len(seed_list) > 1 or repeat > 1 else ""
+                console.print(f"[bold]{escape(pkg.name)}[/bold]{' ' + point.label if point.label else ''}: "
+                              f"{len(trace)} requests, {point_dist}, {point_rate:g} req/s ({arrival}); "
+                              f"budget {point_budget}; {escape(where)}{which}")
+                last = index == len(points) - 1 and run_seed == seed_list[-1] and run == repeat - 1
+                with _bench_progress(console, entries, len(trace), simulate) as (on_warm, on_progress, on_report):
+                    result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile,
+                                       simulate=simulate, seed=run_seed, num_executors=point.num_executors,
+                                       timelines=timelines if trace_path and last else None,
+                                       on_warm=on_warm, on_progress=on_progress, on_report=on_report)
+                render_table(console, result)
+                repeated.runs.append((run_seed, run, result))
+        if len(repeated.runs) > 1:
+            render_repeated(console, repeated)
+        results.append((point.label, repeated))
     if json_path is not None:
         _write_json(json_path, {"points": [{"label": label, **r.to_dict()} for label, r in results]}, console)
     if plots_dir:
-        for path in write_plots(results, plots_dir):
+        for path in write_plots([(label, r.first) for label, r in results], plots_dir):
             console.print(f"wrote {escape(str(path))}")
     if trace_path:
         path = write_trace(timelines, trace_path)
         console.print(f"wrote {escape(str(path))} (open in ui.perfetto.dev or chrome://tracing)")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected integers separated by commas", param_hint="--seeds") from None
+    if not values or len(set(values)) != len(values):
+        raise click.BadParameter(f"{text!r}: give one or more different seeds", param_hint="--seeds")
+    return values
 
 
 def _require_matplotlib() -> None:

@@ -168,3 +168,31 @@ def test_all_resident_bounds_every_entry_in_simulation(pcb_small, seed, budget):
         assert not result.suspect(name)
     assert result.reports["all-resident"].num_switches == 0
     assert result.reports["all-resident"].working_bytes == {"cpu": 2 * 8 * max(c["cpu"].item_bytes for c in costs.values())}
+
+
+def test_repeats_over_seeds_give_medians_and_ranges_of_per_run_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--paper", "uma", "--requests", "400", "--policies",
+                                       "samba,edgecoe,all-resident", "--seeds", "3,4", "--repeat", "2",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "medians of 4 runs (seeds 3, 4)" in " ".join(result.output.split())
+    point = json.loads(out.read_text())["points"][0]
+    assert point["seeds"] == [3, 4] and point["repeat"] == 2 and len(point["runs"]) == 4
+    edgecoe = point["entries"]["edgecoe"]
+    per_run = [run["entries"]["edgecoe"] for run in point["runs"]]
+    ratios = sorted(r["ratio_vs_samba"] for r in per_run)
+    assert edgecoe["num_runs"] == 4
+    assert edgecoe["ratio_vs_samba"] == pytest.approx((ratios[1] + ratios[2]) / 2)  # median of 4
+    assert edgecoe["ratio_vs_samba_range"] == [ratios[0], ratios[-1]]
+    assert edgecoe["throughput_rps_range"][0] <= edgecoe["throughput_rps"] <= edgecoe["throughput_rps_range"][1]
+    # simulated runs are deterministic: the two repeats of a seed agree exactly; the seeds differ
+    assert per_run[0]["throughput_rps"] == per_run[1]["throughput_rps"] != per_run[2]["throughput_rps"]
+    assert point["entries"]["all-resident"]["ratio_vs_all_resident"] == 1.0
+
+
+def test_bad_seeds_are_one_error_before_any_work():
+    result = CliRunner().invoke(main, ["bench", "--paper", "uma", "--seeds", "3,x"])
+    assert result.exit_code == 2 and "--seeds" in result.output and "3,x" in result.output
+    result = CliRunner().invoke(main, ["bench", "--paper", "uma", "--seeds", "3,3"])
+    assert result.exit_code == 2 and "different seeds" in result.output

@@ -7,6 +7,7 @@ with a device profile's costs.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -198,3 +199,45 @@ def _for_entry(on_progress: Callable[[str, int, int], None] | None,
 def _sim_profile(pkg: Package, profile: DeviceProfile, budget: str | int) -> tuple[DeviceProfile, int, int]:
     loader = CostModelLoader(pkg.manifest, profile)
     return _with_budget(profile, budget, sum(loader.footprint_bytes(n) for n in pkg.experts))
+
+
+@dataclass
+class RepeatedBench:
+    """The same bench run several times: each seed's trace ``repeat`` times, side by side.
+
+    Ratios are taken within each run (an entry against the samba and all-resident of the
+    same run, same trace), then summarised: medians, [min, max] ranges, the number of runs.
+    """
+
+    runs: list[tuple[int, int, BenchResult]] = field(default_factory=list)  # (seed, repeat, result)
+
+    @property
+    def first(self) -> BenchResult:
+        return self.runs[0][2]
+
+    def summary(self) -> dict[str, dict[str, object]]:
+        """Per entry: medians of throughput, each ratio, switches and latency, with ranges."""
+        out: dict[str, dict[str, object]] = {}
+        for name in self.first.reports:
+            rows = [result.to_dict()["entries"][name] for _, _, result in self.runs  # type: ignore[index]
+                    if name in result.reports]
+            entry: dict[str, object] = {"num_runs": len(rows)}
+            for key in ("throughput_rps", "ratio_vs_samba", "ratio_vs_all_resident", "switches_vs_samba",
+                        "num_switches", "num_completed", "num_failed"):
+                values = [float(r[key]) for r in rows if r[key] is not None]
+                entry[key] = statistics.median(values) if values else None
+                entry[f"{key}_range"] = [min(values), max(values)] if values else None
+            entry["latency_ms"] = {q: statistics.median(float(r["latency_ms"][q]) for r in rows)
+                                   for q in rows[0]["latency_ms"]}
+            entry["suspect"] = any(bool(r["suspect"]) for r in rows)
+            entry["report"] = rows[0]["report"]  # the first run's whole report
+            out[name] = entry
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        first = self.first.to_dict()
+        return {**{k: v for k, v in first.items() if k != "entries"},
+                "seeds": sorted({seed for seed, _, _ in self.runs}),
+                "repeat": max(r for _, r, _ in self.runs) + 1,
+                "entries": self.summary(),
+                "runs": [{"seed": seed, "repeat": r, **result.to_dict()} for seed, r, result in self.runs]}

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgecoe.bench.harness import BenchResult
+from edgecoe.bench.harness import BenchResult, RepeatedBench
 from edgecoe.errors import InvalidInputError
 from edgecoe.results import CDF_PERCENTILES, format_machine
 
@@ -73,6 +73,32 @@ def render_table(console: Console, result: BenchResult) -> None:
     if any(result.suspect(name) for name in result.reports):
         console.print("[yellow]! above the all-resident bound: that entry's figure, or the bound, is suspect[/yellow]")
     console.print(f"machine: {format_machine(result.machine)}")
+
+
+def render_repeated(console: Console, repeated: RepeatedBench) -> None:
+    """Medians over runs, with [min-max] ranges, one row per entry."""
+    summary = repeated.summary()
+    first = repeated.first
+    seeds = sorted({seed for seed, _, _ in repeated.runs})
+    table = Table(title=f"{first.package}: budget {first.budget_bytes / 1e9:.2f} GB; medians of "
+                        f"{len(repeated.runs)} runs (seeds {', '.join(map(str, seeds))})")
+    for column in ("entry", "req/s", "range", "×samba", "×all", "switches", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "entry" else "right", no_wrap=True)
+
+    def num(entry: dict[str, object], key: str, digits: int) -> str:
+        value = entry.get(key)
+        return "-" if value is None else f"{float(value):.{digits}f}"  # type: ignore[arg-type]
+
+    for name, entry in summary.items():
+        spread = entry["throughput_rps_range"]
+        low, high = spread if isinstance(spread, list) else (0.0, 0.0)
+        latency = entry["latency_ms"]
+        flag = " !" if entry["suspect"] else ""
+        table.add_row(name, num(entry, "throughput_rps", 1), f"{low:.1f}-{high:.1f}", num(entry, "ratio_vs_samba", 2),
+                      num(entry, "ratio_vs_all_resident", 2) + flag, num(entry, "num_switches", 0),
+                      f"{latency['p50']:.0f}", f"{latency['p99']:.0f}")  # type: ignore[index]
+    console.print(table)
+    console.print(f"machine: {format_machine(first.machine)}")
 
 
 def write_plots(results: list[tuple[str, BenchResult]], folder: Path) -> list[Path]:
