@@ -317,29 +317,44 @@ class EdgecoeQueue(CoserveQueue):
         def key(group: _Group) -> tuple[bool, int, int]:  # resident first, then most tasks, then oldest
             return group.expert in resident, len(group.tasks), -group.tasks[0].seq
 
+        # NOTE: one pass finds the best group, the oldest head and the heads' total wait: this
+        # runs for every batch over every queued group, so it is most of a decision's cost.
+        best = oldest = None
+        best_key: tuple[bool, int, int] = (False, 0, 0)
+        oldest_order = (float("inf"), 0)
+        enqueued_sum = 0.0
+        for group in groups.values():
+            head = group.tasks[0]
+            order = (head.enqueued_ms, head.seq)
+            if order < oldest_order:
+                oldest, oldest_order = group, order
+            enqueued_sum += head.enqueued_ms
+            group_key = (group.expert in resident, len(group.tasks), -head.seq)
+            if best is None or group_key > best_key:
+                best, best_key = group, group_key
+        assert best is not None and oldest is not None  # an executor with nothing queued is not asked
         bound = self.max_delay_ms
         if bound is not None:
-            oldest = min(groups.values(), key=_head_order)
-            waited = now_ms - oldest.tasks[0].enqueued_ms
+            waited = now_ms - oldest_order[0]
             if waited > self.HARD_FACTOR * bound:
                 return oldest
             if waited > bound:
                 # Starving = waited past the bound *and* twice the typical wait:
                 # under uniform overload every head is past an absolute bound,
                 # and serving them by age alone is arrival order again.
-                mean_wait = now_ms - sum(g.tasks[0].enqueued_ms for g in groups.values()) / len(groups)
+                mean_wait = now_ms - enqueued_sum / len(groups)
                 limit = max(bound, 2.0 * mean_wait)
                 starving = [g for g in groups.values() if now_ms - g.tasks[0].enqueued_ms > limit]
                 if starving:
                     return max(starving, key=key)
-        return max(groups.values(), key=key)
+        return best
 
-    def _finish_ms(self, expert: str, executor: int, now_ms: float) -> float:
-        """When a new task for ``expert`` would finish if placed on ``executor``."""
+    def _finish_ms(self, expert: str, executor: int, now_ms: float, added_ms: float) -> float:
+        """When a new task for ``expert`` would finish if placed on ``executor`` (``added_ms``: what it adds)."""
         start = max(0.0, self._busy_until_ms[executor] - now_ms)
         groups = self._groups[executor]
         if expert not in groups:
-            return start + self._backlog_ms[executor] + self._added_ms(expert, executor)
+            return start + self._backlog_ms[executor] + added_ms
         through = 0.0
         for group in groups.values():  # groups ahead of it, then its own
             through += group.est_ms
@@ -350,7 +365,8 @@ class EdgecoeQueue(CoserveQueue):
     def choose_executor(self, expert: str, now_ms: float) -> int:
         best, best_key = 0, (float("inf"), float("inf"))
         for e in range(len(self.executors)):
-            key = (self._finish_ms(expert, e, now_ms), self._added_ms(expert, e))
+            added = self._added_ms(expert, e)
+            key = (self._finish_ms(expert, e, now_ms, added), added)
             if key < best_key:
                 best, best_key = e, key
         return best
