@@ -115,6 +115,20 @@ def check_trace(workload: Workload, manifest: Manifest, *, limit: int = 20) -> l
     return problems
 
 
+def refuse_bad_requests(workload: Workload, manifest: Manifest) -> None:
+    """Raise one error naming every request (up to 20) that ``submit`` would refuse.
+
+    Raises:
+        WorkloadError: a single problem on one line, several one per line.
+    """
+    problems = check_trace(workload, manifest)
+    if len(problems) == 1:
+        raise WorkloadError(f"workload has a request this package refuses: {problems[0]}")
+    if problems:
+        raise WorkloadError(f"workload has requests this package refuses ({len(problems)} shown):\n  "
+                            + "\n  ".join(problems))
+
+
 REQUEST_OVERHEAD_BYTES = 8 * 1024
 """What a request in flight holds besides its inputs (future, records, task; measured about
 7 kB on CPython 3.11), counted with them against the byte limit."""

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import edgecoe
+from edgecoe.admission import refuse_bad_requests
 from edgecoe.errors import EdgecoeError
 from edgecoe.sched.presets import ABLATION, BENCH_ENTRIES, DEFAULT_BENCH_ENTRIES, PRESETS
 from edgecoe.schema import printable
@@ -285,18 +286,6 @@ def _build_demo(console: Console, recipe: str, dest: Path, *, overwrite: bool = 
         return build(recipe, dest, force=overwrite, progress=step)
 
 
-def _refuse_bad_requests(trace: Any, pkg: Any) -> None:
-    from edgecoe.admission import check_trace
-    from edgecoe.errors import WorkloadError
-
-    problems = check_trace(trace, pkg.manifest)
-    if len(problems) == 1:
-        raise WorkloadError(f"workload has a request this package refuses: {problems[0]}")
-    if problems:
-        raise WorkloadError(f"workload has requests this package refuses ({len(problems)} shown):\n  "
-                            + "\n  ".join(problems))
-
-
 def _demo_package(console: Console) -> Path:
     """The bundled demo package, built on first use."""
     path = DEFAULT_MODELS_DIR / "pcb-small"
@@ -350,7 +339,7 @@ def workload_check(trace: Path, package: Path | None) -> None:
 
     parsed = read_workload(trace)
     pkg = edgecoe.load_package(package or _demo_package(_console()), verify="quick")
-    _refuse_bad_requests(parsed, pkg)
+    refuse_bad_requests(parsed, pkg.manifest)
     span = parsed.requests[-1].arrival_ms / 1000.0
     click.echo(printable(f"{trace}: {len(parsed)} requests over {span:.1f} s, valid for {pkg.name}"))
 
@@ -632,7 +621,7 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
         profile_note = f"{match.path}, picked automatically: {match.reason}; --profile picks another"
     trace = read_workload(workload_path) if workload_path else generate_workload(
         pkg.manifest, num_requests=num_requests, dist=dist, rate_rps=rate_rps, seed=seed)
-    _refuse_bad_requests(trace, pkg)  # all of them, before anything is served
+    refuse_bad_requests(trace, pkg.manifest)  # all of them, before anything is served
     budget_note = f"--budget {budget}" if budget is not None else "the profile's budgets"
     if simulate:
         from edgecoe.sim import simulate as run_simulation

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgecoe.admission import check_trace
-from edgecoe.errors import InvalidInputError, RequestError, WorkloadError
+from edgecoe.admission import refuse_bad_requests
+from edgecoe.errors import InvalidInputError, RequestError
 from edgecoe.package.routing import expected_uses
 from edgecoe.results import Report, Result
 from edgecoe.workload import Workload, materialize
@@ -50,10 +50,7 @@ def replay(runtime: Serving, workload: Workload, *, progress: Callable[[int, int
         WorkloadError: some request would be refused at submit (each named); nothing ran.
     """
     manifest = runtime.package.manifest
-    problems = check_trace(workload, manifest)
-    if problems:
-        raise WorkloadError(f"workload has requests this package refuses ({len(problems)} shown):\n  "
-                            + "\n  ".join(problems))
+    refuse_bad_requests(workload, manifest)
     runtime.engine.set_future(expected_uses(manifest, [r.metadata for r in workload.requests]))
     total = len(workload)
     done = 0
