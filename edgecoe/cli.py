@@ -14,9 +14,9 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 from rich.console import Console
@@ -429,6 +429,9 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @click.option("--paper", type=click.Choice(["numa", "uma"]), default=None,
               help="Simulate CoServe's setting: 350 synthetic experts on the reference NUMA or UMA profile.")
 @click.option("--sweep", default=None, help="KIND=V1,V2,...: budget (percent), skew (zipf S), rate (req/s) or executors.")
+@click.option("--device-memory", default=None, metavar="SIZE|auto",
+              help="Serve each entry under a memory limit that counts the page cache, so switches read storage "
+                   "as on a small device; auto: the expert budget plus the runtime's fixed overhead.")
 @_json_option("every entry's numbers and reports")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write PNG plots into this directory (needs the plots extra).")
@@ -437,8 +440,8 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @_errors_are_one_line
 def bench(package: Path | None, policies: str | None, ablation: bool, budget: str, num_requests: int, dist: str,
           rate_rps: float, arrival: str, seed: int, seeds: str | None, repeat: int, simulate: bool,
-          profile_name: str | None, paper: str | None, sweep: str | None, json_path: Path | None,
-          plots_dir: Path | None, trace_path: Path | None) -> None:
+          profile_name: str | None, paper: str | None, sweep: str | None, device_memory: str | None,
+          json_path: Path | None, plots_dir: Path | None, trace_path: Path | None) -> None:
     """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios."""
     from edgecoe.bench import paper_package, run_bench
     from edgecoe.bench.harness import RepeatedBench, entry_config
@@ -451,6 +454,9 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
     for entry in entries:
         entry_config(entry, 1, 1)  # an unknown name fails here, before any work
     points = sweep_points(sweep)
+    limit = _device_memory(device_memory)
+    if limit is not None and (simulate or paper):
+        raise click.BadParameter("limits real serving; a simulation reads no storage", param_hint="--device-memory")
     seed_list = _seeds(seeds) if seeds else [seed]
     _check_json_path(json_path)
     _check_json_path(trace_path, "--trace")
@@ -491,7 +497,7 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
                 with _bench_progress(console, entries, len(trace), simulate) as (on_warm, on_progress, on_report):
                     result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile,
                                        simulate=simulate, seed=run_seed, num_executors=point.num_executors,
-                                       timelines=timelines if trace_path and last else None,
+                                       timelines=timelines if trace_path and last else None, device_memory=limit,
                                        on_warm=on_warm, on_progress=on_progress, on_report=on_report)
                 render_table(console, result)
                 repeated.runs.append((run_seed, run, result))
@@ -506,6 +512,20 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
     if trace_path:
         path = write_trace(timelines, trace_path)
         console.print(f"wrote {escape(str(path))} (open in ui.perfetto.dev or chrome://tracing)")
+
+
+def _device_memory(text: str | None) -> int | Literal["auto"] | None:
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    from edgecoe.config import parse_budget
+    from edgecoe.errors import InvalidInputError
+    from edgecoe.memory import total_memory_bytes
+
+    try:
+        return parse_budget(text, total_bytes=total_memory_bytes())
+    except InvalidInputError:
+        raise click.BadParameter(f"{text!r}: expected a size (2GB, 1.5GiB), bytes, a share of this machine's "
+                                 "memory (10%) or auto", param_hint="--device-memory") from None
 
 
 def _seeds(text: str) -> list[int]:
@@ -591,6 +611,9 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
                                    "text then goes to standard error). --report is the old name.")
 @click.option("--simulate", is_flag=True,
               help="Virtual clock with the profile's costs instead of real sessions (needs --profile with costs).")
+@click.option("--device-memory", default=None, metavar="SIZE|auto",
+              help="Serve under a memory limit that counts the page cache, so switches read storage as on a "
+                   "small device; auto: the expert budget plus the runtime's fixed overhead.")
 @click.option("--verify", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
               help="Package checks before serving: quick (paths, sizes, ONNX wire format) or full (also "
                    "every checksum and every model parsed).")
@@ -598,7 +621,7 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
 def run(package: Path | None, profile_name: str | None, policy: str, budget: str | None,
         num_executors: int | None, workload_path: Path | None, num_requests: int, dist: str,
         rate_rps: float | None, seed: int, max_delay_ms: float, allow_cpu_fallback: bool,
-        json_path: Path | None, simulate: bool, verify: str) -> None:
+        json_path: Path | None, simulate: bool, device_memory: str | None, verify: str) -> None:
     """Serve a workload on PACKAGE (default: the bundled pcb-small demo) and report."""
     from edgecoe.config import RuntimeConfig
     from edgecoe.profiler.select import best_profile, resolve_profile
@@ -606,6 +629,9 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
     from edgecoe.workload import generate_workload, read_workload
 
     _check_json_path(json_path)
+    limit = _device_memory(device_memory)
+    if limit is not None and simulate:
+        raise click.BadParameter("limits real serving; a simulation reads no storage", param_hint="--device-memory")
     console = _console(to_stderr=json_path is not None and str(json_path) == "-")
     config = RuntimeConfig(policy=policy, budget=budget, num_executors=num_executors, max_delay_ms=max_delay_ms,
                            allow_cpu_fallback=allow_cpu_fallback, verify=verify)  # type: ignore[arg-type]
@@ -632,27 +658,56 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
         console.print(f"device profile: {escape(profile_note)}")
         report = run_simulation(pkg.manifest, profile, trace, config=config, seed=seed)
     else:
-        with console.status("starting: measuring footprints, preloading experts"):
-            runtime = Runtime(pkg, config=config, profile=profile)
-        with runtime:
-            budgets = ", ".join(f"{p} {format_bytes(c.budget_bytes)}" for p, c in runtime.caches.items())
-            console.print(f"{escape(pkg.name)}: {len(pkg.experts)} experts; policy {policy}; "
-                          f"executors {format_counts(runtime.engine.executors_per_processor())}; "
-                          f"start-up {runtime.startup_s:.1f} s")
-            console.print(f"device profile: {escape(profile_note)}")
-            console.print(f"expert budget: {budgets} (from {budget_note})")
-            with _progress(console, rate=True) as progress:
-                task = progress.add_task("serving", total=len(trace), item="", rate="")
-                started = time.perf_counter()
-
-                def advance(done: int, total: int) -> None:
-                    elapsed = time.perf_counter() - started
-                    progress.update(task, completed=done, rate=f"{done / elapsed:6.1f} req/s" if elapsed > 0 else "")
-
-                report = runtime.run(trace, progress=advance)
+        with ExitStack() as stack:
+            loader = None
+            if limit is not None:
+                loader, device = _limited_loader(stack, pkg, profile, config, limit)
+                console.print(f"device memory: {format_bytes(device.limit_bytes)} ({device.mechanism})"
+                              f"{'; ' + escape(device.note) if device.note else ''}")
+            with console.status("starting: measuring footprints, preloading experts"):
+                runtime = Runtime(pkg, config=config, profile=profile, loader=loader)
+            report = _serve(console, runtime, trace, pkg, policy, profile_note, budget_note)
+            if limit is not None:
+                report.device_memory = device.describe()
     _print_report(console, report)
     if json_path is not None:
         _write_json(json_path, report.to_dict(), console)
+
+
+def _limited_loader(stack: ExitStack, pkg: Any, profile: Any, config: Any,
+                    limit: int | Literal["auto"]) -> tuple[Any, Any]:
+    """A session loader and the device-memory limit it serves under (entered on ``stack``)."""
+    from edgecoe.bench.harness import auto_device_memory
+    from edgecoe.devicemem import limit_device_memory
+    from edgecoe.loaders.session import SessionLoader
+    from edgecoe.profile import default_profile
+
+    profile = profile or default_profile()
+    loader = SessionLoader(pkg, profile, config)
+    files = [path for expert in pkg.experts for path in loader.files_of(expert)]
+    size = limit if isinstance(limit, int) else auto_device_memory(pkg, profile, config, loader.footprint_bytes)
+    device = stack.enter_context(limit_device_memory(size, files))
+    return device.wrap(loader, loader.files_of), device
+
+
+def _serve(console: Console, runtime: Any, trace: Any, pkg: Any, policy: str, profile_note: str,
+       budget_note: str) -> Any:
+    with runtime:
+        budgets = ", ".join(f"{p} {format_bytes(c.budget_bytes)}" for p, c in runtime.caches.items())
+        console.print(f"{escape(pkg.name)}: {len(pkg.experts)} experts; policy {policy}; "
+                      f"executors {format_counts(runtime.engine.executors_per_processor())}; "
+                      f"start-up {runtime.startup_s:.1f} s")
+        console.print(f"device profile: {escape(profile_note)}")
+        console.print(f"expert budget: {budgets} (from {budget_note})")
+        with _progress(console, rate=True) as progress:
+            task = progress.add_task("serving", total=len(trace), item="", rate="")
+            started = time.perf_counter()
+
+            def advance(done: int, total: int) -> None:
+                elapsed = time.perf_counter() - started
+                progress.update(task, completed=done, rate=f"{done / elapsed:6.1f} req/s" if elapsed > 0 else "")
+
+            return runtime.run(trace, progress=advance)
 
 
 def _print_report(console: Console, report: Any) -> None:
@@ -666,6 +721,12 @@ def _print_report(console: Console, report: Any) -> None:
     console.print(f"switches {report.num_switches} (experts loaded on demand), hits {report.num_hits}, "
                   f"prefetches {report.num_prefetches}, evictions {report.num_evictions}; "
                   f"{format_bytes(report.bytes_loaded)} of footprint loaded during the run; peak resident {peaks}")
+    if report.device_memory:
+        memory = report.device_memory
+        hits = memory.get("limit_hits")
+        console.print(f"device memory {format_bytes(int(memory['limit_bytes']))} ({memory['mechanism']})"
+                      f"{f', reclaimed at the limit {hits:,} times' if hits is not None else ''}; "
+                      f"{format_bytes(report.storage_read_bytes or 0)} read from storage while serving")
     for cause, count in sorted(report.errors.items(), key=lambda kv: -kv[1])[:5]:
         console.print(f"  {count} failed: {escape(cause)}")
     for expert, cause in report.quarantined.items():

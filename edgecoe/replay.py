@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgecoe.admission import refuse_bad_requests
+from edgecoe.devicemem import storage_read_bytes
 from edgecoe.errors import InvalidInputError, RequestError
 from edgecoe.package.routing import expected_uses
 from edgecoe.results import Report, Result
@@ -57,6 +58,7 @@ def replay(runtime: Serving, workload: Workload, *, progress: Callable[[int, int
     done_lock = threading.Lock()
     start_ms = runtime.now_ms()
     since = runtime.engine.totals()
+    read_before = storage_read_bytes()
     futures: list[Future[Result]] = []
 
     def finished(_: Future[Result]) -> None:
@@ -84,4 +86,8 @@ def replay(runtime: Serving, workload: Workload, *, progress: Callable[[int, int
         future.exception()  # waits; failures are counted where they happen
     wall_s = (runtime.now_ms() - start_ms) / 1e3
     latencies = [f.result().latency_ms for f in futures if f.exception() is None]
-    return runtime.report(len(futures), latencies, wall_s, since)
+    report = runtime.report(len(futures), latencies, wall_s, since)
+    read_after = storage_read_bytes()
+    if read_before is not None and read_after is not None:
+        report.storage_read_bytes = read_after - read_before
+    return report

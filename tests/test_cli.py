@@ -109,6 +109,10 @@ def test_run_rejects_bad_flags_in_one_line(pcb_small):
     (["bench", "{pkg}", "--plots", "{tmp}/no-dir/plots"], "no-dir does not exist"),
     (["inspect", "{pkg}", "--json", "{tmp}"], "is a directory"),
     (["--log-level", "loud", "inspect", "{pkg}"], "--log-level"),
+    (["run", "{pkg}", "--device-memory", "lots"], "--device-memory"),
+    (["run", "{pkg}", "--device-memory", "1KB"], "below what this process already holds"),
+    (["run", "{pkg}", "--simulate", "--device-memory", "auto"], "--device-memory"),
+    (["bench", "{pkg}", "--simulate", "--device-memory", "2GB"], "--device-memory"),
 ])
 def test_every_user_mistake_is_one_line_and_nonzero(args, says, pcb_small, tmp_path):
     (tmp_path / "garbage.json").write_text("{ not json")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from edgecoe.config import RuntimeConfig
+from edgecoe.devicemem import drop_cached_pages, limit_device_memory
 from edgecoe.engine import apply_budget
 from edgecoe.errors import InvalidInputError
 from edgecoe.loaders.simulated import CostModelLoader
@@ -87,6 +89,7 @@ class BenchResult:
                 "switches_vs_samba": (report.num_switches / samba.num_switches
                                       if samba is not None and samba.num_switches else None),
                 "suspect": self.suspect(name),
+                "storage_read_bytes": report.storage_read_bytes,
                 "report": report.to_dict(),
             }
         return {"package": self.package, "trace": self.trace, "budget_bytes": self.budget_bytes,
@@ -140,10 +143,16 @@ def run_bench(
     num_executors: int | None = None, on_report: Callable[[str, Report], None] | None = None,
     timelines: dict[str, Timeline] | None = None, on_warm: Callable[[int, int], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    device_memory: int | Literal["auto"] | None = None,
 ) -> BenchResult:
     """Run every entry on the same trace and budget; see :func:`entry_config`.
 
     Args:
+        device_memory: real mode: run each entry under a memory limit that counts the page cache
+            (:mod:`edgecoe.devicemem`), in bytes or ``"auto"`` (the expert budget plus the
+            runtime's fixed overhead); every entry starts with no expert file cached. The
+            all-resident bound runs without the limit (it stands for a device that holds
+            every expert) but starts cold too.
         on_report: called with each entry's report as it finishes.
         on_warm: progress of warming the optimized-model cache (experts done, all).
         on_progress: progress of a real entry (entry, requests finished, requests).
@@ -153,6 +162,8 @@ def run_bench(
     """
     for name in entries:
         entry_config(name, 1, 1)  # validate names before anything runs
+    if simulate and device_memory is not None:
+        raise InvalidInputError("--device-memory limits real serving; a simulation reads no storage")
     if simulate:
         if profile is None:
             raise InvalidInputError("simulated bench needs a device profile with per-architecture costs")
@@ -180,13 +191,66 @@ def run_bench(
         else:
             if on_progress is not None:
                 on_progress(name, 0, len(trace))  # start-up (preload) can take seconds
-            with Runtime(pkg, config=config, profile=fixed, timeline=timeline) as runtime:
-                report = runtime.run(trace, progress=_for_entry(on_progress, name))
+            if device_memory is None:
+                with Runtime(pkg, config=config, profile=fixed, timeline=timeline) as runtime:
+                    report = runtime.run(trace, progress=_for_entry(on_progress, name))
+            else:
+                report = _run_limited(pkg, trace, config, fixed, device_memory, timeline=timeline,
+                                      bound=get_bench_entry(name).all_resident,
+                                      progress=_for_entry(on_progress, name))
         report.policy = name
         result.reports[name] = report
         if on_report:
             on_report(name, report)
     return result
+
+
+def _run_limited(pkg: Package, trace: Workload, config: RuntimeConfig, profile: DeviceProfile,
+                 device_memory: int | Literal["auto"], *, timeline: Timeline | None, bound: bool,
+                 progress: Callable[[int, int], None] | None) -> Report:
+    """One real entry under a device memory limit (the bound: cold, but with no limit)."""
+    from edgecoe.loaders.session import SessionLoader
+
+    loader = SessionLoader(pkg, profile, config)
+    files = [path for expert in pkg.experts for path in loader.files_of(expert)]
+    if bound:
+        drop_cached_pages(files)
+        with Runtime(pkg, config=config, profile=profile, timeline=timeline, loader=loader) as runtime:
+            report = runtime.run(trace, progress=progress)
+        report.device_memory = {"mechanism": "none", "limit_bytes": None,
+                                "note": "the all-resident bound: a device that holds every expert (starts cold)"}
+        return report
+    limit = device_memory if isinstance(device_memory, int) else auto_device_memory(pkg, profile, config, loader.footprint_bytes)
+    with limit_device_memory(limit, files) as device:
+        with Runtime(pkg, config=config, profile=profile, timeline=timeline,
+                     loader=device.wrap(loader, loader.files_of)) as runtime:
+            report = runtime.run(trace, progress=progress)
+        report.device_memory = device.describe()
+    return report
+
+
+IN_FLIGHT_ALLOWANCE_BYTES = 256 << 20
+"""Device-memory ``auto``: room for queued requests' inputs and allocator slack beside the experts."""
+
+
+def auto_device_memory(pkg: Package, profile: DeviceProfile, config: RuntimeConfig,
+                       footprint_bytes: Callable[[str], int]) -> int:
+    """The expert budget plus the runtime's fixed overhead: what this process holds now (Python,
+    ONNX Runtime, the package's metadata), every executor's batch memory, and an in-flight allowance."""
+    from edgecoe.engine import plan_executors, working_bytes_per_executor
+    from edgecoe.memory import rss_bytes
+    from edgecoe.sched.cost import CostModel
+
+    budgeted = apply_budget(profile, config.budget, total_bytes=sum(footprint_bytes(n) for n in pkg.experts))
+    executors = plan_executors(budgeted, config)
+    experts = pkg.experts
+    cost = CostModel(architecture_of={n: e.architecture for n, e in experts.items()},
+                     bytes_of={n: e.total_bytes for n, e in experts.items()}, profile=budgeted,
+                     max_batch_cap=None if config.resolved_preset().batching else 1)
+    per_executor = working_bytes_per_executor(pkg.manifest, budgeted, cost)
+    working = sum(per_executor[e.processor_id] for e in executors)
+    budgets = sum(p.budget_bytes for p in budgeted.processors)
+    return budgets + working + rss_bytes() + IN_FLIGHT_ALLOWANCE_BYTES
 
 
 def _for_entry(on_progress: Callable[[str, int, int], None] | None,
@@ -223,8 +287,8 @@ class RepeatedBench:
                     if name in result.reports]
             entry: dict[str, object] = {"num_runs": len(rows)}
             for key in ("throughput_rps", "ratio_vs_samba", "ratio_vs_all_resident", "switches_vs_samba",
-                        "num_switches", "num_completed", "num_failed"):
-                values = [float(r[key]) for r in rows if r[key] is not None]
+                        "num_switches", "num_completed", "num_failed", "storage_read_bytes"):
+                values = [float(r[key]) for r in rows if r.get(key) is not None]
                 entry[key] = statistics.median(values) if values else None
                 entry[f"{key}_range"] = [min(values), max(values)] if values else None
             entry["latency_ms"] = {q: statistics.median(float(r["latency_ms"][q]) for r in rows)

@@ -57,7 +57,9 @@ def sweep_points(spec: str | None) -> list[SweepPoint]:
 def render_table(console: Console, result: BenchResult) -> None:
     table = Table(title=f"{result.package}: budget {result.budget_bytes / 1e9:.2f} GB of "
                         f"{result.total_footprint_bytes / 1e9:.2f} GB ({'simulated' if result.simulated else 'measured'})")
-    for column in ("entry", "req/s", "×samba", "×all", "switches", "sw ×samba", "p50 ms", "p99 ms", "failed"):
+    reads = any(r.device_memory for r in result.reports.values())  # device-memory mode: storage reads matter
+    for column in ("entry", "req/s", "×samba", "×all", "switches", "sw ×samba", "p50 ms", "p99 ms", "failed",
+                   *(("read GB",) if reads else ())):
         table.add_column(column, justify="left" if column == "entry" else "right", no_wrap=True)
     samba = result.reports.get("samba")
     for name, report in result.reports.items():
@@ -68,8 +70,14 @@ def render_table(console: Console, result: BenchResult) -> None:
         flag = " !" if result.suspect(name) else ""  # above the all-resident bound: a broken bound or figure
         table.add_row(name, f"{report.throughput_rps:.1f}", f"{vs_samba:.2f}" if vs_samba else "-",
                       f"{vs_all:.2f}{flag}" if vs_all else "-", str(report.num_switches), switch_ratio,
-                      f"{report.latency_ms['p50']:.0f}", f"{report.latency_ms['p99']:.0f}", str(report.num_failed))
+                      f"{report.latency_ms['p50']:.0f}", f"{report.latency_ms['p99']:.0f}", str(report.num_failed),
+                      *((f"{(report.storage_read_bytes or 0) / 1e9:.2f}",) if reads else ()))
     console.print(table)
+    limited = [r.device_memory for r in result.reports.values() if r.device_memory.get("limit_bytes")]
+    if limited:
+        memory = limited[0]
+        console.print(f"device memory {int(memory['limit_bytes']) / 1e9:.2f} GB ({memory['mechanism']}) for every "  # type: ignore[call-overload]
+                      f"entry but all-resident; read GB: bytes read from storage while serving")
     if any(result.suspect(name) for name in result.reports):
         console.print("[yellow]! above the all-resident bound: that entry's figure, or the bound, is suspect[/yellow]")
     console.print(f"machine: {format_machine(result.machine)}")

@@ -82,6 +82,16 @@ class SessionLoader:
     def unload(self, expert: str, loaded: LoadedExpert[Session]) -> None:
         del loaded  # dropping the last reference frees the session
 
+    def files_of(self, expert: str) -> list[Path]:
+        """Every file a load of ``expert`` may read: its package files and its optimized-cache entries."""
+        record = self.package.experts[expert]
+        files = [self.package.root / f.path for f in record.files()]
+        for processor_id in self.choices:
+            cached = self._cached_create(expert, processor_id)
+            if cached is not None and self.optcache is not None:
+                files.append(self.optcache.entry_path(cached[0], cached[1]))
+        return files
+
     # -- sessions ---------------------------------------------------------------
     def create(self, expert: str, processor_id: str) -> Session:
         """A new session for ``expert`` on ``processor_id``, from the cheapest source.
