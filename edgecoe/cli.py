@@ -429,6 +429,8 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @click.option("--paper", type=click.Choice(["numa", "uma"]), default=None,
               help="Simulate CoServe's setting: 350 synthetic experts on the reference NUMA or UMA profile.")
 @click.option("--sweep", default=None, help="KIND=V1,V2,...: budget (percent), skew (zipf S), rate (req/s) or executors.")
+@click.option("--slo-ms", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MS",
+              help="A latency objective: the table and JSON add goodput (requests finished within it per second).")
 @click.option("--device-memory", default=None, metavar="SIZE|auto",
               help="Serve each entry under a memory limit that counts the page cache, so switches read storage "
                    "as on a small device; auto: the expert budget plus the runtime's fixed overhead.")
@@ -440,7 +442,8 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @_errors_are_one_line
 def bench(package: Path | None, policies: str | None, ablation: bool, budget: str, num_requests: int, dist: str,
           rate_rps: float, arrival: str, seed: int, seeds: str | None, repeat: int, simulate: bool,
-          profile_name: str | None, paper: str | None, sweep: str | None, device_memory: str | None,
+          profile_name: str | None, paper: str | None, sweep: str | None, slo_ms: float | None,
+          device_memory: str | None,
           json_path: Path | None, plots_dir: Path | None, trace_path: Path | None) -> None:
     """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios."""
     from edgecoe.bench import paper_package, run_bench
@@ -498,6 +501,7 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
                     result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile,
                                        simulate=simulate, seed=run_seed, num_executors=point.num_executors,
                                        timelines=timelines if trace_path and last else None, device_memory=limit,
+                                       slo_ms=slo_ms,
                                        on_warm=on_warm, on_progress=on_progress, on_report=on_report)
                 render_table(console, result)
                 repeated.runs.append((run_seed, run, result))
@@ -603,7 +607,7 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
 @click.option("--dist", default="zipf:1.1", show_default=True, help="uniform or zipf:S over the entry key's values.")
 @click.option("--rate", "rate_rps", type=float, default=None, help="Arrivals per second (default: all at once).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the generated trace.")
-@click.option("--max-delay-ms", type=float, default=30000.0, show_default=True,
+@click.option("--max-delay-ms", type=float, default=5000.0, show_default=True,
               help="Bound on queueing delay in ms (edgecoe policy).")
 @click.option("--allow-cpu-fallback", is_flag=True, help="Run on CPU when a profile's provider is missing.")
 @click.option("--json", "--report", "json_path", type=click.Path(path_type=Path, allow_dash=True), default=None,

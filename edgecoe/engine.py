@@ -201,7 +201,9 @@ class Engine(Generic[H]):
             load_s=0.0 if simulated else sum(c.stats.load_seconds for c in self.caches.values()),
             executors=self.executors_per_processor(), startup_s=startup_s, simulated=simulated,
             profile=self.profile.name, errors=errors, quarantined=quarantined or {},
-            expert_failures=expert_failures or {},
+            expert_failures=expert_failures or {}, slo_ms=self.config.slo_ms,
+            goodput_rps=(sum(1 for x in latencies_ms if x <= self.config.slo_ms) / wall_s
+                         if self.config.slo_ms is not None and wall_s > 0 else None),
         )
 
 

@@ -95,6 +95,8 @@ class Report:
     latency_cdf_ms: list[float] = field(default_factory=list)  # latency at each of CDF_PERCENTILES
     quarantined: dict[str, str] = field(default_factory=dict)  # expert quarantined at the end -> last cause
     expert_failures: dict[str, int] = field(default_factory=dict)  # expert -> failed loads/runs
+    slo_ms: float | None = None  # the latency objective goodput is measured against
+    goodput_rps: float | None = None  # requests finished within slo_ms, per second of the run
     storage_read_bytes: int | None = None  # read from storage (not the page cache) while serving; None: unknown
     device_memory: dict[str, object] = field(default_factory=dict)  # the memory limit a run was under, if any
     machine: dict[str, str] = field(default_factory=lambda: machine_info())

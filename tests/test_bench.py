@@ -98,7 +98,8 @@ def test_bench_cli_paper_numa_with_json_and_plots(tmp_path):
     data = json.loads(out.read_text())
     assert [p["label"] for p in data["points"]] == ["rate=100", "rate=250"]
     assert set(data["points"][0]["entries"]) == {"samba", "edgecoe"}
-    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"throughput.png", "switches.png", "latency_cdf.png"}
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"throughput.png", "switches.png", "latency_cdf.png",
+                                                                 "tail.png"}
     report = data["points"][1]["entries"]["edgecoe"]["report"]
     cdf = report["latency_cdf_ms"]
     assert len(cdf) == 17 and cdf == sorted(cdf) and cdf[7] == report["latency_ms"]["p50"]
@@ -196,3 +197,18 @@ def test_bad_seeds_are_one_error_before_any_work():
     assert result.exit_code == 2 and "--seeds" in result.output and "3,x" in result.output
     result = CliRunner().invoke(main, ["bench", "--paper", "uma", "--seeds", "3,3"])
     assert result.exit_code == 2 and "different seeds" in result.output
+
+
+def test_goodput_counts_requests_within_the_slo(paper):
+    pkg, profile = paper
+    trace = generate_workload(pkg.manifest, num_requests=300, rate_rps=250, seed=4)
+    loose = run_bench(pkg, trace, entries=["coserve", "edgecoe"], budget="20%", profile=profile, simulate=True,
+                      slo_ms=1e9)
+    tight = run_bench(pkg, trace, entries=["coserve", "edgecoe"], budget="20%", profile=profile, simulate=True,
+                      slo_ms=1.0)
+    for name, report in loose.reports.items():
+        assert report.slo_ms == 1e9 and report.goodput_rps == pytest.approx(report.throughput_rps)
+        assert tight.reports[name].goodput_rps == 0.0  # nothing finishes within a millisecond
+        assert loose.to_dict()["entries"][name]["goodput_rps"] == report.goodput_rps
+    assert run_bench(pkg, trace, entries=["samba"], budget="20%", profile=profile,
+                     simulate=True).reports["samba"].goodput_rps is None

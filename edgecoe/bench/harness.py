@@ -90,6 +90,7 @@ class BenchResult:
                                       if samba is not None and samba.num_switches else None),
                 "suspect": self.suspect(name),
                 "storage_read_bytes": report.storage_read_bytes,
+                "goodput_rps": report.goodput_rps,
                 "report": report.to_dict(),
             }
         return {"package": self.package, "trace": self.trace, "budget_bytes": self.budget_bytes,
@@ -143,7 +144,7 @@ def run_bench(
     num_executors: int | None = None, on_report: Callable[[str, Report], None] | None = None,
     timelines: dict[str, Timeline] | None = None, on_warm: Callable[[int, int], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
-    device_memory: int | Literal["auto"] | None = None,
+    device_memory: int | Literal["auto"] | None = None, slo_ms: float | None = None,
 ) -> BenchResult:
     """Run every entry on the same trace and budget; see :func:`entry_config`.
 
@@ -153,6 +154,7 @@ def run_bench(
             runtime's fixed overhead); every entry starts with no expert file cached. The
             all-resident bound runs without the limit (it stands for a device that holds
             every expert) but starts cold too.
+        slo_ms: a latency objective: every report gives goodput (requests within it per second).
         on_report: called with each entry's report as it finishes.
         on_warm: progress of warming the optimized-model cache (experts done, all).
         on_progress: progress of a real entry (entry, requests finished, requests).
@@ -181,6 +183,8 @@ def run_bench(
         config = entry_config(name, budget_bytes, total)  # batches have their own memory: total holds all
         if num_executors is not None:
             config = replace(config, num_executors=num_executors)
+        if slo_ms is not None:
+            config = replace(config, slo_ms=slo_ms)
         timeline = None
         if timelines is not None:
             timeline = timelines[name] = Timeline()
@@ -287,7 +291,7 @@ class RepeatedBench:
                     if name in result.reports]
             entry: dict[str, object] = {"num_runs": len(rows)}
             for key in ("throughput_rps", "ratio_vs_samba", "ratio_vs_all_resident", "switches_vs_samba",
-                        "num_switches", "num_completed", "num_failed", "storage_read_bytes"):
+                        "num_switches", "num_completed", "num_failed", "storage_read_bytes", "goodput_rps"):
                 values = [float(r[key]) for r in rows if r.get(key) is not None]
                 entry[key] = statistics.median(values) if values else None
                 entry[f"{key}_range"] = [min(values), max(values)] if values else None

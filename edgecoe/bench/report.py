@@ -58,8 +58,9 @@ def render_table(console: Console, result: BenchResult) -> None:
     table = Table(title=f"{result.package}: budget {result.budget_bytes / 1e9:.2f} GB of "
                         f"{result.total_footprint_bytes / 1e9:.2f} GB ({'simulated' if result.simulated else 'measured'})")
     reads = any(r.device_memory for r in result.reports.values())  # device-memory mode: storage reads matter
+    slo = next(iter(result.reports.values())).slo_ms if result.reports else None
     for column in ("entry", "req/s", "×samba", "×all", "switches", "sw ×samba", "p50 ms", "p99 ms", "failed",
-                   *(("read GB",) if reads else ())):
+                   *((f"good/s ≤{slo:g}ms",) if slo is not None else ()), *(("read GB",) if reads else ())):
         table.add_column(column, justify="left" if column == "entry" else "right", no_wrap=True)
     samba = result.reports.get("samba")
     for name, report in result.reports.items():
@@ -71,6 +72,7 @@ def render_table(console: Console, result: BenchResult) -> None:
         table.add_row(name, f"{report.throughput_rps:.1f}", f"{vs_samba:.2f}" if vs_samba else "-",
                       f"{vs_all:.2f}{flag}" if vs_all else "-", str(report.num_switches), switch_ratio,
                       f"{report.latency_ms['p50']:.0f}", f"{report.latency_ms['p99']:.0f}", str(report.num_failed),
+                      *((f"{report.goodput_rps or 0.0:.1f}",) if slo is not None else ()),
                       *((f"{(report.storage_read_bytes or 0) / 1e9:.2f}",) if reads else ()))
     console.print(table)
     limited = [r.device_memory for r in result.reports.values() if r.device_memory.get("limit_bytes")]
@@ -157,7 +159,32 @@ def write_plots(results: list[tuple[str, BenchResult]], folder: Path) -> list[Pa
     if ax.lines:  # nothing completed anywhere: an empty plot, no legend
         ax.legend(fontsize=8)
     written.append(_save(fig, folder / "latency_cdf.png"))
+    if len(results) > 1:
+        written.append(_tail_plot(plt, results, entries, labels, folder))
     return written
+
+
+def _tail_plot(plt, results: list[tuple[str, BenchResult]], entries: list[str],  # type: ignore[no-untyped-def]
+               labels: list[str], folder: Path) -> Path:
+    """p50, p99 and (where an SLO was set) goodput per entry across the sweep points."""
+    slo = results[0][1].reports[entries[0]].slo_ms
+    panels = [("p50", "p50 latency (ms, log)"), ("p99", "p99 latency (ms, log)")]
+    if slo is not None:
+        panels.append(("goodput", f"goodput within {slo:g} ms (req/s)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for entry in entries:
+            reports = [r.reports[entry] for _, r in results]
+            values = [(rep.goodput_rps or 0.0) if key == "goodput" else rep.latency_ms[key] for rep in reports]
+            ax.plot(labels, values, marker="o", label=entry)
+        if key != "goodput":
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results[0][1].package}: tail latency across the sweep")
+    return _save(fig, folder / "tail.png")
 
 
 def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
