@@ -1,30 +1,30 @@
 #!/usr/bin/env bash
-# Regenerates every figure of benchmarks/results/README.md on this machine (about 40 minutes on
-# 2 cores). Raw outputs land in benchmarks/results/raw/ (git-ignored); copy the figures into the
-# results page by hand, stating the machine and date they were measured on.
+# Re-runs every command behind benchmarks/results/README.md on this machine, writing the raw
+# JSON the page is generated from, then regenerates the page. Several hours on 2 cores (the
+# two pcb headline runs take most of it); run nothing else meanwhile: the machine's noise is
+# what the repeats and side-by-side ratios are for, not something to add to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-raw=benchmarks/results/raw
-mkdir -p "$raw"
-run() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | tee "$raw/$name.log"; }
+results=benchmarks/results
+run() { local name=$1; shift; echo "== $name: $*"; "$@"; }
 
 [ -f models/pcb/edgecoe.json ] || edgecoe demo build pcb
 [ -f models/pcb-small/edgecoe.json ] || edgecoe demo build pcb-small
-run demo_costs python benchmarks/demo_costs.py models/pcb
-run memory_return python benchmarks/memory_return.py models/pcb-small
-run soak python benchmarks/soak.py models/pcb-small --requests 20000 --csv "$raw/soak.csv" \
-    --plot "$raw/img/soak_rss.png"
-run faults python benchmarks/faults.py models/pcb-small
-run sched_overhead python benchmarks/sched_overhead.py
-run profile edgecoe profile models/pcb --device cpu -o "$raw/x86-2core-cpu.json"
-run allocation python benchmarks/allocation.py models/pcb --profile "$raw/x86-2core-cpu.json"
-run profile_repeat python benchmarks/profile_repeat.py models/pcb
-run bench_pcb edgecoe bench models/pcb --requests 2000 --rate 250 --json "$raw/bench_pcb.json" \
-    --plots "$raw/img" --trace "$raw/timeline.json"
-for setting in numa uma; do
-  for n in 2500 3500; do
-    run "paper_${setting}_${n}" edgecoe bench --paper "$setting" --requests "$n" --rate 250 --arrival uniform \
-        --json "$raw/paper_${setting}_${n}.json"
-  done
+entries=samba,samba-parallel,coserve,edgecoe,all-resident
+
+run pcb-page-cache edgecoe bench models/pcb --policies "$entries" --requests 3000 --rate 250 \
+    --seeds 11,12 --repeat 3 --json "$results/pcb-medians/pcb_3000_seeds11-12_x3.json"
+run pcb-device-memory edgecoe bench models/pcb --policies "$entries" --requests 3000 --rate 250 \
+    --seeds 11,12 --repeat 3 --device-memory auto --json "$results/device-memory/pcb_3000_seeds11-12_x3.json"
+plots=$(mktemp -d)
+run tail edgecoe bench models/pcb --simulate --profile x86-2core-cpu --policies coserve,edgecoe,all-resident \
+    --requests 3000 --sweep rate=20,40,60,80,100,120,150,200 --seeds 22,23 --slo-ms 2000 \
+    --json "$results/tail/pcb_sim_rate_sweep.json" --plots "$plots"
+cp "$plots/tail.png" "$results/tail/img/tail.png"
+run overhead python benchmarks/sched_overhead.py --repeat 5 --json "$results/overhead/sched_overhead.json"
+run paper python benchmarks/paper_assumptions.py --json "$results/paper/paper_assumptions.json"
+for mode in wait reject; do
+  run "queue-bound-$mode" python benchmarks/queue_bound.py models/pcb-small --mode "$mode" \
+      --json "$results/hostile/queue_bound_$mode.json"
 done
-echo "raw results in $raw"
+python benchmarks/make_results_page.py

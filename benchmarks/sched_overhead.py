@@ -8,7 +8,7 @@ several requests, and the two timings summed are the same request's. Experts' re
 read from real caches (the decision asks them), but no load, acquire or release is timed.
 
 Two settings: no group waited long; and starving groups present — half of the queued
-requests arrived long before the delay bound (30 s) ran out, so edgecoe takes its overdue path.
+requests arrived ten delay bounds ago (the default bound), so edgecoe takes its overdue path.
 
     python benchmarks/sched_overhead.py [--experts 350] [--queued 10000] [--measure 4000] [--repeat 3]
         [--json out.json]
@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 
 from edgecoe.cache import ExpertCache, create_eviction_policy
+from edgecoe.config import RuntimeConfig
 from edgecoe.results import format_machine, machine_info
 from edgecoe.sched import SCHEDULERS, CostModel, ExecutorInfo, Task, create_scheduler
 
-DELAY_BOUND_MS = 30_000.0
+DELAY_BOUND_MS = RuntimeConfig().max_delay_ms or 5_000.0  # the default bound (the cost does not depend on it)
 
 
 def measure(name: str, *, starving: bool, args: argparse.Namespace) -> tuple[float, float]:

@@ -33,15 +33,21 @@ def table(path: Path) -> str:
                      f"{point.get('repeat', 1)} run(s) each: medians of {len(runs) or 1} runs [min-max]"
                      + (f" ({point['label']})" if point.get("label") else ""))
         lines.append("")
-        lines.append("| entry | req/s | × samba | × all-resident | switches | × samba switches | p50 ms | p99 ms | runs |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        for name, entry in point["entries"].items():
+        entries = point["entries"]
+        reads = any(e.get("storage_read_bytes") is not None for e in entries.values())
+        limited = any(e["report"].get("device_memory") for e in entries.values())
+        lines.append("| entry | req/s | × samba | × all-resident | switches | × samba switches | p50 ms | p99 ms | runs |"
+                     + (" GB read from storage |" if reads and limited else ""))
+        lines.append("|---|---|---|---|---|---|---|---|---|" + ("---|" if reads and limited else ""))
+        for name, entry in entries.items():
             latency = entry["latency_ms"]
             flag = " (suspect)" if entry.get("suspect") else ""
+            read = entry.get("storage_read_bytes")
             lines.append(f"| {name}{flag} | {_cell(entry, 'throughput_rps', 1)} | {_cell(entry, 'ratio_vs_samba', 2)} | "
                          f"{_cell(entry, 'ratio_vs_all_resident', 2)} | {_cell(entry, 'num_switches', 0)} | "
                          f"{_cell(entry, 'switches_vs_samba', 2)} | {latency['p50']:,.0f} | {latency['p99']:,.0f} | "
-                         f"{entry.get('num_runs', 1)} |")
+                         f"{entry.get('num_runs', 1)} |"
+                         + (f" {'-' if read is None else f'{read / 1e9:.2f}'} |" if reads and limited else ""))
         lines.append("")
     return "\n".join(lines)
 

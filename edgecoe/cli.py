@@ -440,7 +440,7 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a Chrome/Perfetto timeline of loads, evictions and batches (last sweep point).")
 @_errors_are_one_line
-def bench(package: Path | None, policies: str | None, ablation: bool, budget: str, num_requests: int, dist: str,
+def bench(package: Path | None, policies: str | None, ablation: bool, budget: str | None, num_requests: int, dist: str,
           rate_rps: float, arrival: str, seed: int, seeds: str | None, repeat: int, simulate: bool,
           profile_name: str | None, paper: str | None, sweep: str | None, slo_ms: float | None,
           device_memory: str | None,
@@ -472,8 +472,8 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
         simulate = True
         pkg = paper_package()
         profile, _ = resolve_profile("reference-numa-x86-rtx3080ti" if paper == "numa" else "reference-uma-apple-m2-24gb")
-        if budget == "25%":  # the paper's setting: the device's own memory, not a share
-            budget = str(profile.processors[0].budget_bytes)
+        if budget == "25%":  # the paper's setting: each processor's own memory, not a share
+            budget = None
     else:
         pkg = edgecoe.load_package(package or _demo_package(console), verify="quick")
         if profile_name:
@@ -495,7 +495,7 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
                 which = f"; seed {run_seed}, run {run + 1}/{repeat}" if len(seed_list) > 1 or repeat > 1 else ""
                 console.print(f"[bold]{escape(pkg.name)}[/bold]{' ' + point.label if point.label else ''}: "
                               f"{len(trace)} requests, {point_dist}, {point_rate:g} req/s ({arrival}); "
-                              f"budget {point_budget}; {escape(where)}{which}")
+                              f"budget {point_budget or 'per processor from the profile'}; {escape(where)}{which}")
                 last = index == len(points) - 1 and run_seed == seed_list[-1] and run == repeat - 1
                 with _bench_progress(console, entries, len(trace), simulate) as (on_warm, on_progress, on_report):
                     result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile,

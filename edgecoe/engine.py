@@ -143,7 +143,12 @@ class Engine(Generic[H]):
 
     # -- actions ------------------------------------------------------------------
     def preload(self) -> None:
-        """Fill each processor's budget with the most likely experts (CoServe start-up); never evicts."""
+        """Fill each processor's budget with the most likely experts (CoServe start-up); never evicts.
+
+        On NUMA devices the host tier is then filled with the next most likely experts, those
+        no processor holds: a switch to them copies from host memory instead of reading storage.
+        NOTE: without this the host tier held copies of what the device had just preloaded.
+        """
         ranked = sorted(self.manifest.experts, key=lambda n: -self.manifest.experts[n].usage_probability)
         for processor_id, cache in self.caches.items():
             failures = cache.stats.num_load_failures
@@ -151,6 +156,19 @@ class Engine(Generic[H]):
             if cache.stats.num_load_failures > failures:
                 logger.warning("preload on %s: %d expert(s) failed to load", processor_id,
                                cache.stats.num_load_failures - failures)
+        host = self.loader.host
+        if host is None:
+            return
+        resident = set().union(*(cache.members() for cache in self.caches.values()))
+        staged = 0
+        for expert in ranked:
+            if expert in resident:
+                continue
+            size = self.manifest.experts[expert].total_bytes
+            if staged + size > host.budget_bytes:
+                break
+            self.loader.stage(expert)
+            staged += size
 
     def set_future(self, future_uses: list[str]) -> None:
         """Tell every eviction policy the order experts will be used in (look-ahead policies use it)."""

@@ -97,6 +97,7 @@ class Report:
     expert_failures: dict[str, int] = field(default_factory=dict)  # expert -> failed loads/runs
     slo_ms: float | None = None  # the latency objective goodput is measured against
     goodput_rps: float | None = None  # requests finished within slo_ms, per second of the run
+    link_busy_s: dict[str, float] = field(default_factory=dict)  # simulated: shared load link -> seconds in use
     storage_read_bytes: int | None = None  # read from storage (not the page cache) while serving; None: unknown
     device_memory: dict[str, object] = field(default_factory=dict)  # the memory limit a run was under, if any
     machine: dict[str, str] = field(default_factory=lambda: machine_info())

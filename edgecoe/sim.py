@@ -5,7 +5,9 @@ The simulator builds the same engine as the runtime, with a
 sessions, and keeps only what a virtual clock needs: an event queue of
 arrivals and batch completions. A batch of n on a processor takes K*n + B ms;
 a switch takes what the loader says the load costs (the profiled latency,
-from host memory when a NUMA host tier holds the bytes). Routing samples each
+from host memory when a NUMA host tier holds the bytes), queued behind other
+loads on the links it crosses (storage; host to device on NUMA): one load
+channel per link, shared by demand loads and prefetches. Routing samples each
 expert's declared route fractions. This lets policies be compared at sizes
 this machine cannot hold (350 experts, 60 GB).
 """
@@ -105,7 +107,8 @@ class _Simulation:
         self.busy: dict[int, Batch | None] = {e.index: None for e in self.engine.executors}
         self.pending: dict[int, Batch] = {}  # executor -> popped batch waiting for room
         self.ready_at: dict[tuple[str, str], float] = {}  # (processor, expert) -> when a prefetch completes
-        self.prefetch_free_at = 0.0
+        self.link_free_at: dict[str, float] = {}  # shared link -> when its queued transfers end
+        self.link_busy_ms: dict[str, float] = {}  # shared link -> time it carried loads during the run
         self.uses: list[str] = []  # experts in the order batches acquired them
 
     def _plans(self, workload: Workload) -> dict[str, dict[str, list[str]]]:
@@ -172,6 +175,7 @@ class _Simulation:
         report = engine.report(num_requests=len(workload), latencies_ms=latencies, wall_s=self.now / 1e3,
                                since=since, simulated=True,
                                errors={"no entry expert for metadata": failed} if failed else {})
+        report.link_busy_s = {link: round(ms / 1e3, 3) for link, ms in sorted(self.link_busy_ms.items())}
         return report, self.uses
 
     def _start(self, executor: ExecutorInfo, batch: Batch) -> bool:
@@ -184,7 +188,7 @@ class _Simulation:
         self.uses.append(batch.expert)
         run_ms = engine.cost.exec_ms(batch.expert, executor.kind, len(batch.tasks))
         if not got.hit:
-            wait_ms = got.handle.load_ms
+            wait_ms = self._transfer(executor.processor_id, batch.expert) - self.now
         else:
             wait_ms = max(0.0, self.ready_at.get((executor.processor_id, batch.expert), 0.0) - self.now)
         if self.timeline is not None:
@@ -198,9 +202,16 @@ class _Simulation:
             protect = frozenset(engine.scheduler.queued_experts()) | {b.expert for b in self.busy.values() if b}
             successors = likely_successors(self.manifest.experts[batch.expert])
             for loaded in engine.prefetch(executor.processor_id, successors, protect=protect):
-                # One prefetch channel: prefetches queue behind each other. NOTE: the cost comes
-                # from the loader's ledger: a later prefetch may already have evicted this one.
-                load_ms = self.loader.last_load_ms[(executor.processor_id, loaded)]
-                self.prefetch_free_at = max(self.prefetch_free_at, self.now) + load_ms
-                self.ready_at[(executor.processor_id, loaded)] = self.prefetch_free_at
+                # NOTE: the stages come from the loader's ledger: a later prefetch may already
+                # have evicted this one.
+                self.ready_at[(executor.processor_id, loaded)] = self._transfer(executor.processor_id, loaded)
         return True
+
+    def _transfer(self, processor_id: str, expert: str) -> float:
+        """Queue the latest load of ``expert`` on the links it crosses; returns when it completes."""
+        at = self.now
+        for link, ms in self.loader.last_stages[(processor_id, expert)]:
+            at = max(at, self.link_free_at.get(link, 0.0)) + ms
+            self.link_free_at[link] = at
+            self.link_busy_ms[link] = self.link_busy_ms.get(link, 0.0) + ms
+        return at

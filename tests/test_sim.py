@@ -113,3 +113,83 @@ def test_belady_eviction_runs_with_the_true_future(pkg):
     belady = simulate(pkg.manifest, prof, trace, config=RuntimeConfig(policy="samba", eviction="belady"))
     assert belady.num_completed == 600
     assert belady.num_switches <= lru.num_switches
+
+
+def test_loads_share_one_storage_link(pkg):
+    """Two executors loading at once queue on the storage link: the run takes at least as long as
+    every load back to back (each load getting the full bandwidth would take about half)."""
+    prof = profile_for(pkg, budget_share=1.0)
+    prof = prof.model_copy(update={"costs": {a: {"cpu": c["cpu"].model_copy(update={"k_ms": 0.01, "b_ms": 0.01})}
+                                             for a, c in prof.costs.items()}})
+    trace = generate_workload(pkg.manifest, num_requests=300, rate_rps=None, seed=7)
+    report = simulate(pkg.manifest, prof, trace, config=RuntimeConfig(policy="samba-parallel", num_executors=2))
+    assert report.executors == {"cpu": 2} and report.num_switches > 5
+    assert set(report.link_busy_s) == {"ssd"}
+    assert report.wall_s >= report.link_busy_s["ssd"] > 0
+
+
+def test_numa_loads_cross_storage_then_the_device_link(pkg):
+    from edgecoe.bench.reference import numa_profile
+    from edgecoe.loaders.simulated import CostModelLoader
+
+    profile = numa_profile()
+    loader = CostModelLoader(paper_manifest(), profile)
+    cost = profile.cost("resnet101", "cuda")
+    assert cost is not None and cost.host_load_ms is not None
+    from_disk = loader.stages(cost, "cuda", from_host=False)
+    assert [link for link, _ in from_disk] == ["ssd", "host->cuda"]
+    assert sum(ms for _, ms in from_disk) == pytest.approx(cost.load_ms)  # the profiled total is kept
+    assert loader.stages(cost, "cuda", from_host=True) == [("host->cuda", cost.host_load_ms)]
+    assert loader.stages(cost, "cpu", from_host=False) == [("ssd", cost.load_ms)]
+
+
+def paper_manifest():
+    from edgecoe.bench import paper_package
+
+    return paper_package(num_types=20, num_detectors=4).manifest
+
+
+def test_reference_costs_follow_their_derivation():
+    from edgecoe.bench.reference import Assumptions, numa_profile, uma_profile
+
+    numa, uma = numa_profile(), uma_profile()
+    for arch in ("resnet101", "yolov5m", "yolov5l"):
+        gpu, m2 = numa.cost(arch, "cuda"), uma.cost(arch, "coreml")
+        assert gpu is not None and m2 is not None
+        t1 = gpu.k_ms + gpu.b_ms
+        assert t1 == pytest.approx(gpu.load_ms * 0.05 / 0.95, rel=1e-3)  # loading is 95 % of latency from SSD
+        assert m2.k_ms + m2.b_ms == pytest.approx(t1 * 34.1 / 3.6, rel=1e-3)  # scaled by published FP32 peaks
+    skewed = numa_profile(Assumptions(k_share=0.25, load_overhead_ms=20.0)).cost("resnet101", "cuda")
+    middle = numa.cost("resnet101", "cuda")
+    assert skewed is not None and middle is not None
+    assert skewed.k_ms == pytest.approx((middle.k_ms + middle.b_ms) * 0.25, rel=1e-3)
+    assert skewed.load_ms == pytest.approx(middle.load_ms + 20.0, abs=0.1)
+
+
+def test_paper_mode_keeps_each_processors_budget(tmp_path):
+    out = tmp_path / "paper.json"
+    result = CliRunner().invoke(main, ["bench", "--paper", "numa", "--requests", "200", "--policies",
+                                       "samba,edgecoe", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())["points"][0]["entries"]["edgecoe"]["report"]
+    assert report["budget_bytes"] == {"cuda:0": 10_800_000_000, "cpu": 2_000_000_000, "host": 12_000_000_000}
+    assert set(report["link_busy_s"]) <= {"ssd", "host->cuda", "host->cpu"} and report["link_busy_s"]["ssd"] > 0
+
+
+def test_numa_preload_stages_the_next_likely_experts_in_host_memory():
+    from edgecoe.bench import paper_package
+    from edgecoe.bench.reference import numa_profile
+    from edgecoe.engine import build_engine
+    from edgecoe.loaders.simulated import CostModelLoader
+
+    manifest = paper_package().manifest
+    profile = numa_profile()
+    loader = CostModelLoader(manifest, profile)
+    engine = build_engine(manifest, profile, RuntimeConfig(policy="coserve"), loader)
+    host = loader.host
+    assert host is not None and host.used_bytes > 0.9 * host.budget_bytes
+    resident = set().union(*(c.members() for c in engine.caches.values()))
+    staged = [e for e in manifest.experts if host.contains(e)]
+    assert staged and not resident & set(staged)  # host memory holds what the device does not
+    ranked = sorted(manifest.experts, key=lambda n: -manifest.experts[n].usage_probability)
+    assert max(ranked.index(e) for e in resident) < max(ranked.index(e) for e in staged)

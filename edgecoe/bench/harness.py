@@ -31,11 +31,12 @@ SUSPECT_MARGIN = 0.02
 on this kind of machine vary by a few per cent; simulated ones should never exceed it at all."""
 
 
-def entry_config(name: str, budget_bytes: int, all_bytes: int) -> RuntimeConfig:
+def entry_config(name: str, budget_bytes: int | None, all_bytes: int) -> RuntimeConfig:
     """The runtime configuration behind a bench entry name (see ``BENCH_ENTRIES``).
 
     Args:
-        budget_bytes: the bench's expert budget.
+        budget_bytes: the bench's expert budget on every processor; None: each
+            processor's own budget from the profile.
         all_bytes: a budget that holds every expert (for the all-resident bound).
 
     Raises:
@@ -133,13 +134,13 @@ def _footprint_known(profile: DeviceProfile, architecture: str, kind: str) -> bo
     return cost is not None and bool(cost.footprint_bytes)
 
 
-def _with_budget(profile: DeviceProfile, budget: str | int, total: int) -> tuple[DeviceProfile, int, int]:
+def _with_budget(profile: DeviceProfile, budget: str | int | None, total: int) -> tuple[DeviceProfile, int, int]:
     budgeted = apply_budget(profile, budget, total_bytes=total)
     return budgeted, budgeted.processors[0].budget_bytes, total
 
 
 def run_bench(
-    pkg: Package, trace: Workload, *, entries: list[str], budget: str | int = "25%",
+    pkg: Package, trace: Workload, *, entries: list[str], budget: str | int | None = "25%",
     profile: DeviceProfile | None = None, simulate: bool = False, seed: int = 0,
     num_executors: int | None = None, on_report: Callable[[str, Report], None] | None = None,
     timelines: dict[str, Timeline] | None = None, on_warm: Callable[[int, int], None] | None = None,
@@ -149,6 +150,8 @@ def run_bench(
     """Run every entry on the same trace and budget; see :func:`entry_config`.
 
     Args:
+        budget: the expert budget on every processor (bytes, a size, a share of every
+            expert's footprint); None (simulated): each processor's budget from the profile.
         device_memory: real mode: run each entry under a memory limit that counts the page cache
             (:mod:`edgecoe.devicemem`), in bytes or ``"auto"`` (the expert budget plus the
             runtime's fixed overhead); every entry starts with no expert file cached. The
@@ -170,6 +173,8 @@ def run_bench(
         if profile is None:
             raise InvalidInputError("simulated bench needs a device profile with per-architecture costs")
         fixed, budget_bytes, total = _sim_profile(pkg, profile, budget)
+    elif budget is None:
+        raise InvalidInputError("a real bench needs one expert budget (the profile's budgets are for simulation)")
     else:
         fixed, budget_bytes, total = shared_profile(pkg, profile, budget)
     if not simulate:
@@ -180,7 +185,8 @@ def run_bench(
     result = BenchResult(package=pkg.name, trace=dict(trace.header.generator) | {"num_requests": len(trace)},
                          budget_bytes=budget_bytes, total_footprint_bytes=total, simulated=simulate)
     for name in entries:
-        config = entry_config(name, budget_bytes, total)  # batches have their own memory: total holds all
+        # batches have their own memory: total holds all
+        config = entry_config(name, None if budget is None else budget_bytes, total)
         if num_executors is not None:
             config = replace(config, num_executors=num_executors)
         if slo_ms is not None:
@@ -264,7 +270,7 @@ def _for_entry(on_progress: Callable[[str, int, int], None] | None,
     return lambda done, total: on_progress(name, done, total)
 
 
-def _sim_profile(pkg: Package, profile: DeviceProfile, budget: str | int) -> tuple[DeviceProfile, int, int]:
+def _sim_profile(pkg: Package, profile: DeviceProfile, budget: str | int | None) -> tuple[DeviceProfile, int, int]:
     loader = CostModelLoader(pkg.manifest, profile)
     return _with_budget(profile, budget, sum(loader.footprint_bytes(n) for n in pkg.experts))
 

@@ -76,6 +76,13 @@ class ExpertLoader(Protocol[H]):
         """Release what :meth:`load` made resident (called under the cache's lock: keep it cheap)."""
         ...
 
+    def stage(self, expert: str) -> None:
+        """Bring ``expert``'s bytes into the host tier without making it resident (NUMA start-up).
+
+        Only called when :attr:`host` is not None.
+        """
+        ...
+
 
 class WrappedLoader(Generic[H]):
     """A loader that delegates to another: subclass it to observe or change some calls
@@ -96,6 +103,9 @@ class WrappedLoader(Generic[H]):
 
     def unload(self, expert: str, loaded: LoadedExpert[H]) -> None:
         self.inner.unload(expert, loaded)
+
+    def stage(self, expert: str) -> None:
+        self.inner.stage(expert)
 
 
 __all__ = ["ExpertLoader", "LoadedExpert", "WrappedLoader"]

@@ -82,6 +82,12 @@ class SessionLoader:
     def unload(self, expert: str, loaded: LoadedExpert[Session]) -> None:
         del loaded  # dropping the last reference frees the session
 
+    def stage(self, expert: str) -> None:
+        """Read the model a device session would be made from into the host tier (NUMA start-up)."""
+        record = self.package.experts[expert]
+        if self._host is not None and not record.external_data:
+            self._host.get(expert, self._model_path(expert)[0])
+
     def files_of(self, expert: str) -> list[Path]:
         """Every file a load of ``expert`` may read: its package files and its optimized-cache entries."""
         record = self.package.experts[expert]

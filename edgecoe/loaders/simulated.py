@@ -4,6 +4,12 @@ A switch takes the profiled load latency of the expert's architecture on the
 processor's kind; on a NUMA profile, when the host tier already holds the
 expert's bytes, the (faster) host load latency instead. The host tier is the
 same mechanism the session loader uses, holding sizes instead of bytes.
+
+Each load also says which shared links it crosses and for how long
+(:meth:`CostModelLoader.stages`): the storage link (``ssd``), and on NUMA
+devices the host-to-device link of the processor's kind. The simulator
+queues loads on those links, so concurrent loads share the bandwidth
+instead of each getting all of it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ class CostModelLoader:
         self._kind = {p.id: p.kind for p in profile.processors}
         self._host = (HostStore(profile.host_budget_bytes)
                       if profile.memory == "numa" and profile.host_budget_bytes else None)
-        self.last_load_ms: dict[tuple[str, str], float] = {}  # (processor, expert) -> its latest load's cost
+        # (processor, expert) -> the links its latest load crossed, with the time on each
+        self.last_stages: dict[tuple[str, str], list[tuple[str, float]]] = {}
 
     @property
     def host(self) -> HostStore | None:
@@ -56,9 +63,28 @@ class CostModelLoader:
                      and self._host.touch(expert, self.manifest.experts[expert].total_bytes)
                      and cost.host_load_ms is not None)
         load_ms = cost.host_load_ms if from_host and cost.host_load_ms is not None else cost.load_ms
-        self.last_load_ms[(processor_id, expert)] = load_ms
+        self.last_stages[(processor_id, expert)] = self.stages(cost, self._kind[processor_id], from_host=from_host)
         return LoadedExpert(None, self.footprint_bytes(expert), load_ms, measured=False,
                             source="host" if from_host else "disk")
+
+    def stage(self, expert: str) -> None:
+        if self._host is not None:
+            self._host.touch(expert, self.manifest.experts[expert].total_bytes)
+
+    def stages(self, cost: ArchitectureCost, kind: str, *, from_host: bool) -> list[tuple[str, float]]:
+        """The shared links one load crosses, in order, with the time it holds each.
+
+        NOTE: a load from storage keeps its profiled total (``load_ms``); on a NUMA
+        accelerator its last ``host_load_ms`` of that is the copy over the host-to-device
+        link, so storage reads and device copies contend where they really do.
+        """
+        link = f"host->{kind}"
+        if from_host and cost.host_load_ms is not None:
+            return [(link, cost.host_load_ms)]
+        if self._host is None or kind == "cpu" or cost.host_load_ms is None:
+            return [("ssd", cost.load_ms)]
+        copy_ms = min(cost.host_load_ms, cost.load_ms)
+        return [("ssd", cost.load_ms - copy_ms), (link, copy_ms)]
 
     def unload(self, expert: str, loaded: LoadedExpert[None]) -> None:
         pass  # nothing is held
