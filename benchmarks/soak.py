@@ -8,7 +8,7 @@ half (least-squares slope, MB per 10,000 requests), and the request ledger
 (served, failed, lost). Writes the curve as CSV and, with matplotlib, a PNG.
 
     python benchmarks/soak.py models/pcb-small --requests 20000 \\
-        --csv benchmarks/results/raw/soak.csv --plot benchmarks/results/img/soak_rss.png
+        --csv benchmarks/results/raw/soak.csv --plot benchmarks/results/raw/soak_rss.png
 """
 
 from __future__ import annotations
