@@ -21,6 +21,10 @@ run tail edgecoe bench models/pcb --simulate --profile x86-2core-cpu --policies 
     --requests 3000 --sweep rate=20,40,60,80,100,120,150,200 --seeds 22,23 --slo-ms 2000 \
     --json "$results/tail/pcb_sim_rate_sweep.json" --plots "$plots"
 cp "$plots/tail.png" "$results/tail/img/tail.png"
+run tail-real edgecoe bench models/pcb-small --policies coserve,edgecoe,all-resident --requests 1000 \
+    --sweep rate=40,80,120,160,200,280 --seeds 22,23 --slo-ms 1000 \
+    --json "$results/tail/pcb_small_rate_sweep.json" --plots "$plots"
+cp "$plots/tail.png" "$results/tail/img/tail_pcb_small.png"
 run overhead python benchmarks/sched_overhead.py --repeat 5 --json "$results/overhead/sched_overhead.json"
 run paper python benchmarks/paper_assumptions.py --json "$results/paper/paper_assumptions.json"
 for mode in wait reject; do

@@ -227,6 +227,7 @@ def limit_device_memory(limit_bytes: int, files: Iterable[Path], *, allow_cgroup
 def _make_child(parent: MemoryCgroup, limit_bytes: int) -> tuple[MemoryCgroup, bool]:
     """A new cgroup below ``parent`` with the limit, this process moved into it; and whether
     the memory the process already held moved with it (counts against the limit)."""
+    _remove_abandoned(parent)
     child = MemoryCgroup(parent.path / f"edgecoe-{os.getpid()}-{time.monotonic_ns()}", parent.version)
     child.path.mkdir()
     carried = False  # v2 never moves charges: there only memory allocated from now on counts
@@ -248,6 +249,16 @@ def _make_child(parent: MemoryCgroup, limit_bytes: int) -> tuple[MemoryCgroup, b
         _remove(child)
         raise
     return child, carried
+
+
+def _remove_abandoned(parent: MemoryCgroup) -> None:
+    """Remove cgroups an earlier run left behind (killed inside its limit): ours, and empty."""
+    for path in parent.path.glob("edgecoe-*-*"):
+        try:
+            if path.is_dir() and not (path / "cgroup.procs").read_text().strip():
+                _remove(MemoryCgroup(path, parent.version))
+        except OSError:
+            continue
 
 
 def _leave(child: MemoryCgroup, parent: MemoryCgroup) -> None:

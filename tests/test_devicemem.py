@@ -149,3 +149,17 @@ def test_bench_limits_every_entry_but_the_bound(pcb_small):
     assert all(r.num_completed == 40 for r in result.reports.values())
     with pytest.raises(InvalidInputError, match="simulation reads no storage"):
         run_bench(pkg, trace, entries=["samba"], simulate=True, device_memory="auto")
+
+
+def test_cgroups_left_by_a_killed_run_are_removed(tmp_path, monkeypatch):
+    import edgecoe.devicemem as devicemem
+
+    parent = MemoryCgroup(tmp_path, 1)
+    abandoned, busy = tmp_path / "edgecoe-1-2", tmp_path / "edgecoe-3-4"
+    for path, procs in ((abandoned, ""), (busy, "4242\n")):
+        path.mkdir()
+        (path / "cgroup.procs").write_text(procs)
+    removed = []
+    monkeypatch.setattr(devicemem, "_remove", lambda cgroup: removed.append(cgroup.path))
+    devicemem._remove_abandoned(parent)
+    assert removed == [abandoned]  # the one with a process in it stays
