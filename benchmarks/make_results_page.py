@@ -101,7 +101,7 @@ def section_pcb(name: str, title: str, command: str, note: str, *, device_memory
         return [f"## {title}", "", f"(not measured yet: `{command}`)", ""]
     point = data["points"][0]  # type: ignore[index]
     lines = [f"## {title}", "", f"`{command}`", "", note, "", f"Machine: {_machine(data)}. Raw: `{name}`.", ""]
-    lines += table(RESULTS / name).splitlines()
+    lines += [*table(RESULTS / name).splitlines(), ""]
     lines += _pcb_targets(point, device_memory=device_memory)  # type: ignore[arg-type]
     if device_memory:
         memory = point["entries"]["edgecoe"]["report"].get("device_memory", {})  # type: ignore[index]
@@ -231,7 +231,7 @@ def section_earlier() -> list[str]:
              "headline figures.", ""]
     for name, what in EARLIER:
         if (RESULTS / name).exists():
-            lines += [f"### `{name}`", "", what, "", *table(RESULTS / name).splitlines()]
+            lines += [f"### `{name}`", "", what, "", *table(RESULTS / name).splitlines(), ""]
     return [*lines, ""]
 
 
