@@ -92,15 +92,17 @@ class CacheTotals:
     evictions: int
     bytes_loaded: int
     prefetches: int
+    load_seconds: float = 0.0
 
     ZERO: ClassVar[CacheTotals]
 
     def __sub__(self, other: CacheTotals) -> CacheTotals:
         return CacheTotals(self.misses - other.misses, self.hits - other.hits, self.evictions - other.evictions,
-                           self.bytes_loaded - other.bytes_loaded, self.prefetches - other.prefetches)
+                           self.bytes_loaded - other.bytes_loaded, self.prefetches - other.prefetches,
+                           self.load_seconds - other.load_seconds)
 
 
-CacheTotals.ZERO = CacheTotals(0, 0, 0, 0, 0)
+CacheTotals.ZERO = CacheTotals(0, 0, 0, 0, 0, 0.0)
 
 
 @dataclass
@@ -193,7 +195,7 @@ class Engine(Generic[H]):
             prefetches = self._num_prefetches
         return CacheTotals(sum(c.stats.num_misses for c in caches), sum(c.stats.num_hits for c in caches),
                            sum(c.stats.num_evictions for c in caches), sum(c.stats.bytes_loaded for c in caches),
-                           prefetches)
+                           prefetches, sum(c.stats.load_seconds for c in caches))
 
     def report(
         self, *, num_requests: int, latencies_ms: list[float], wall_s: float, since: CacheTotals,
@@ -216,7 +218,7 @@ class Engine(Generic[H]):
             budget_bytes={**{p: c.budget_bytes for p, c in self.caches.items()},
                           **({"host": host.budget_bytes} if host else {})},
             working_bytes={p: n * self.working_bytes_per_executor[p] for p, n in self.executors_per_processor().items()},
-            load_s=0.0 if simulated else sum(c.stats.load_seconds for c in self.caches.values()),
+            load_s=0.0 if simulated else delta.load_seconds,
             executors=self.executors_per_processor(), startup_s=startup_s, simulated=simulated,
             profile=self.profile.name, errors=errors, quarantined=quarantined or {},
             expert_failures=expert_failures or {}, slo_ms=self.config.slo_ms,

@@ -249,3 +249,14 @@ def test_session_config_keys_are_validated(pkg):
         validate_session_config({"session.disable_prepackin": "1"})
     session = create_session(pkg.model_path("cls-res-0201"), session_config={"session.disable_prepacking": "1"})
     assert session.get_inputs()[0].name == "image"
+
+
+def test_report_counts_only_loads_made_while_serving(pkg):
+    """The start-up preload is not serving time: with every expert preloaded nothing loads while
+    serving, so the report's switches and load time are both zero."""
+    trace = generate_workload(pkg.manifest, num_requests=60, rate_rps=600, seed=8)
+    with Runtime(pkg, config=RuntimeConfig(policy="coserve", budget="100%")) as runtime:
+        assert runtime.engine.totals().load_seconds > 0  # the preload took time
+        report = runtime.run(trace)
+    assert report.num_completed == 60 and report.num_switches == 0
+    assert report.load_s == 0.0
