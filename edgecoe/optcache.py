@@ -16,8 +16,11 @@ model file it was built from (never a checksum a manifest declares), the ONNX
 Runtime version, the providers and the CPU. Hashing a file once per change is
 what a per-machine index remembers: (device, inode, size, mtime, ctime) ->
 SHA-256; a different file, or the same file changed, has another identity and
-is hashed again. Each entry records the hash of its source and its own hash,
-both checked before it is used (its own once per process). Entries are written
+is hashed again. Each entry records the hash of its source, its own hash and
+its own file identity, all checked before it is used; the entry is hashed
+again only when its identity is not the recorded one (it was copied, restored
+or rewritten). NOTE: hashing a 40-80 MB entry on every process's first load of
+it cost 50-100 ms per switch, in the measured part of a run. Entries are written
 to a temp name and renamed, so a crash never leaves a half-written model under
 a valid key; an entry that fails a check or to load is deleted and rebuilt.
 The cache directory is private to the user (0700); one that another user can
@@ -26,6 +29,7 @@ write is not used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -164,8 +168,9 @@ class OptimizedModelCache:
             # NOTE: only if the source is still the file that was hashed: a package swapping its
             # file between our hash and ORT's read must not plant a model under another's content.
             if temp.exists() and file_identity(source) == identity:
-                self._write_meta(cached, self.content_hash(source), sha256_file(temp))
-                os.replace(temp, cached)
+                entry_sha = sha256_file(temp)
+                os.replace(temp, cached)  # without its sidecar, an entry is not valid yet
+                self._write_meta(cached, self.content_hash(source), entry_sha, file_identity(cached))
             return session
         finally:
             temp.unlink(missing_ok=True)
@@ -181,20 +186,24 @@ class OptimizedModelCache:
             identity = file_identity(entry)
             if meta.get("source_sha256") != self.content_hash(source):
                 raise ValueError("built from another model")
-            if (str(entry), identity) not in self._verified:
-                if meta.get("entry_sha256") != sha256_file(entry):
+            if meta.get("entry_identity") != identity and (str(entry), identity) not in self._verified:
+                entry_sha = sha256_file(entry)
+                if meta.get("entry_sha256") != entry_sha:
                     raise ValueError("its bytes changed since it was written")
                 self._verified.add((str(entry), identity))
+                with contextlib.suppress(OSError):  # recording the identity only saves the next process a hash
+                    self._write_meta(entry, str(meta.get("source_sha256")), entry_sha, identity)
         except (OSError, ValueError, AttributeError) as exc:
             logger.warning("optimized-model cache entry %s fails its check (%s); rebuilding it", entry, exc)
             self._drop(entry)
             return False
         return True
 
-    def _write_meta(self, entry: Path, source_sha: str, entry_sha: str) -> None:
+    def _write_meta(self, entry: Path, source_sha: str, entry_sha: str, entry_identity: str) -> None:
         meta = entry.with_suffix(".json")
         temp = meta.with_name(f".{meta.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        temp.write_text(json.dumps({"source_sha256": source_sha, "entry_sha256": entry_sha}), encoding="utf-8")
+        temp.write_text(json.dumps({"source_sha256": source_sha, "entry_sha256": entry_sha,
+                                    "entry_identity": entry_identity}), encoding="utf-8")
         os.replace(temp, meta)
 
     @staticmethod

@@ -146,3 +146,24 @@ def test_runtime_results_are_the_same_with_and_without_the_cache(tmp_path):
     for a, b in zip(outputs[False], outputs[True], strict=False):
         assert a.path == b.path
         np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_later_process_trusts_an_unchanged_entry_without_hashing_it(tmp_path, model, monkeypatch):
+    """An entry whose file identity is the one recorded when it was written loads without being
+    hashed again (it cost 50-100 ms per first switch); a rewritten one is hashed and refused."""
+    import edgecoe.optcache as optcache
+
+    OptimizedModelCache(tmp_path / "cache").session(model, ["CPUExecutionProvider"], recording_create([]))
+    (entry,) = (tmp_path / "cache").glob("*.onnx")
+    hashed: list[str] = []
+    real = optcache.sha256_file
+    monkeypatch.setattr(optcache, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    fresh = OptimizedModelCache(tmp_path / "cache")
+    fresh.session(model, ["CPUExecutionProvider"], recording_create([]))
+    assert (fresh.hits, fresh.misses) == (1, 0) and entry.name not in hashed
+    data = bytearray(entry.read_bytes())
+    data[-1] ^= 1  # same size, one bit changed: a new mtime and ctime
+    entry.write_bytes(bytes(data))
+    again = OptimizedModelCache(tmp_path / "cache")
+    again.session(model, ["CPUExecutionProvider"], recording_create([]))
+    assert entry.name in hashed and (again.hits, again.misses) == (0, 1)
