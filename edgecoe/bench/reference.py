@@ -101,7 +101,7 @@ def numa_profile(a: Assumptions = Assumptions()) -> DeviceProfile:
         costs=_costs("cuda", NUMA_SSD_MB_S, 1.0, a, host_tier=True), created="reference",
         sources={
             **SOURCES_COMMON,
-            "assumptions": a.label(),
+            "assumptions": f"assumed: {a.label()} (the middle of each range; benchmarks/paper_assumptions.py spans them)",
             "processors": "published: x86 + RTX 3080 Ti 12 GB GPU, 16 GB host; 3 GPU + 1 CPU executors (CoServe)",
             "processors.cuda:0.budget_bytes": "derived: 90 % of the 12 GB GPU (rest: CUDA context, workspace)",
             "processors.cpu.budget_bytes": "assumed: 2 GB of the 16 GB host for CPU-resident experts",
@@ -110,7 +110,7 @@ def numa_profile(a: Assumptions = Assumptions()) -> DeviceProfile:
                                         "from SSD (CoServe, Fig. 1)",
             "costs.*.host_load_ms": "derived: t1 x 0.745 / 0.255 + overhead: loading is 63-86 % of latency from "
                                     "host memory (CoServe, Fig. 1)",
-            "load channels": "simulated: one SSD -> host channel and one host -> GPU channel, shared by every "
+            "load channels": "assumed: one SSD -> host channel and one host -> GPU channel, shared by every "
                              "load (a load from SSD to the GPU passes both)",
         },
     )
@@ -126,13 +126,13 @@ def uma_profile(a: Assumptions = Assumptions()) -> DeviceProfile:
         costs=_costs("coreml", UMA_SSD_MB_S, scale, a, host_tier=False), created="reference",
         sources={
             **SOURCES_COMMON,
-            "assumptions": a.label(),
+            "assumptions": f"assumed: {a.label()} (the middle of each range; benchmarks/paper_assumptions.py spans them)",
             "processors": "published: Apple M2, 24 GB unified memory; 2 GPU + 1 CPU executors (CoServe)",
             "processors.*.budget_bytes": "assumed: 14 of the 24 GB for experts (12 GPU + 2 CPU), the rest for "
                                          "the OS and apps",
             "costs.*.k_ms,b_ms (coreml)": (f"derived: the NUMA box's batch-1 time t1 x {scale:.2f}, the ratio of "
                                            "published FP32 peaks (RTX 3080 Ti 34.1 TFLOPS / M2 GPU 3.6 TFLOPS)"),
             "costs.*.host_load_ms": "not used on UMA (no separate host tier)",
-            "load channels": "simulated: one SSD -> unified memory channel shared by every load",
+            "load channels": "assumed: one SSD -> unified memory channel shared by every load",
         },
     )
