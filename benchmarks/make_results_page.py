@@ -263,8 +263,7 @@ def render() -> str:
         "device-memory/pcb_3000_seeds11-12_x3.json", "pcb, device-memory mode",
         "edgecoe bench models/pcb --policies samba,samba-parallel,coserve,edgecoe,all-resident --requests 3000 "
         "--rate 250 --seeds 11,12 --repeat 3 --device-memory auto --json ...",
-        "Budget 25 %; each entry starts with no expert file cached. Measured with the delay bound at its former "
-        "30 s default, as above.",
+        "Budget 25 %; each entry starts with no expert file cached.",
         device_memory=True)
     lines += section_tail(
         "tail/pcb_sim_rate_sweep.json", "Tail latency across offered load (simulated pcb)",
