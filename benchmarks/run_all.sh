@@ -25,6 +25,8 @@ run tail-real edgecoe bench models/pcb-small --policies coserve,edgecoe,all-resi
     --sweep rate=40,80,120,160,200,280 --seeds 22,23 --slo-ms 1000 \
     --json "$results/tail/pcb_small_rate_sweep.json" --plots "$plots"
 cp "$plots/tail.png" "$results/tail/img/tail_pcb_small.png"
+run bound-ab python benchmarks/delay_bound_ab.py models/pcb --bounds 5000,30000 --seeds 13,14 \
+    --json "$results/tail/delay_bound_ab_pcb.json"
 run overhead python benchmarks/sched_overhead.py --repeat 5 --json "$results/overhead/sched_overhead.json"
 run paper python benchmarks/paper_assumptions.py --json "$results/paper/paper_assumptions.json"
 for mode in wait reject; do
