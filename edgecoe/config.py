@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from edgecoe.errors import InvalidInputError
@@ -156,11 +157,19 @@ def parse_budget(value: str | int, *, total_bytes: int) -> int:
         for suffix, factor in units.items():
             if text.upper().endswith(suffix):
                 number = text[: -len(suffix)].strip()
-                scale = total_bytes / 100.0 if factor is None else factor
+                scale = 1.0 if factor is None else factor  # a share is computed apart, exactly
                 break
         try:
-            amount = float(number) * scale
-        except ValueError:
+            if text.endswith("%"):
+                # NOTE: a share in exact decimal arithmetic: in floats "100%" of some totals came
+                # out one byte short, and the last expert no longer fitted the preload.
+                share = Decimal(number)
+                if not share.is_finite():
+                    raise ValueError(number)
+                amount = float(int(share * total_bytes / 100))
+            else:
+                amount = float(number) * scale
+        except (ValueError, ArithmeticError):
             raise InvalidInputError(
                 f"budget {value!r}: expected bytes (800000000), a size (800MB, 1.5GiB) or a share (25%)") from None
         if not math.isfinite(amount) or amount > _MAX_BUDGET_BYTES:
