@@ -129,6 +129,9 @@ def drop_page_cache(path: Path) -> None:
 
     fd = os.open(path, os.O_RDONLY)
     try:
+        # NOTE: dirty pages are not dropped: a file written moments ago (a new optimized-cache
+        # entry, a freshly built package) is flushed first, or its reads never reach storage.
+        os.fdatasync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
