@@ -42,6 +42,11 @@ def _machine(data: dict[str, object]) -> str:
            f"onnxruntime {m.get('onnxruntime')}"
 
 
+def _intro(title: str, command: str, text: str) -> list[str]:
+    """A section's heading, the command behind it and what it measures."""
+    return [f"## {title}", "", f"`{command}`", "", text, ""]
+
+
 def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
@@ -112,7 +117,7 @@ def section_pcb(name: str, title: str, command: str, note: str, *, device_memory
 
 def section_tail(name: str, title: str, command: str, note: str, plot: str) -> list[str]:
     data = _load(name)
-    lines = [f"## {title}", "", f"`{command}`", "", note, ""]
+    lines = _intro(title, command, note)
     if data is None:
         return [*lines, "(not measured yet)", ""]
     first = data["points"][0]["entries"]["edgecoe"]["report"]  # type: ignore[index]
@@ -134,10 +139,10 @@ def section_tail(name: str, title: str, command: str, note: str, plot: str) -> l
 def section_bound_ab() -> list[str]:
     name = "tail/delay_bound_ab_pcb.json"
     data = _load(name)
-    lines = ["## The delay bound at 5 s and 30 s (real sessions, pcb)", "",
-             "`python benchmarks/delay_bound_ab.py models/pcb --bounds 5000,30000 --seeds 13,14`", "",
-             "3,000 requests at 250 req/s, budget 25 %, each seed's trace served by coserve and by edgecoe with "
-             "each bound, one after another. One run each.", ""]
+    lines = _intro("The delay bound at 5 s and 30 s (real sessions, pcb)",
+                   "python benchmarks/delay_bound_ab.py models/pcb --bounds 5000,30000 --seeds 13,14",
+                   "3,000 requests at 250 req/s, budget 25 %, each seed's trace served by coserve and by edgecoe "
+                   "with each bound, one after another. One run each.")
     if data is None:
         return [*lines, "(not measured yet)", ""]
     lines += [f"Machine: {_machine(data)}. Raw: `{name}`.", "",
@@ -174,8 +179,8 @@ def section_overhead() -> list[str]:
 def section_paper() -> list[str]:
     name = "paper/paper_assumptions.json"
     data = _load(name)
-    lines = ["## Paper mode across its assumptions (simulated CoServe boxes)", "",
-             "`python benchmarks/paper_assumptions.py --json benchmarks/results/paper/paper_assumptions.json`", "",
+    lines = _intro("Paper mode across its assumptions (simulated CoServe boxes)",
+                   "python benchmarks/paper_assumptions.py --json benchmarks/results/paper/paper_assumptions.json",
              "350 synthetic experts shaped like CoServe's circuit-board CoE, 2,500 requests at 250 req/s (uniform), "
              "each processor's own budget from the reference profile, one shared load channel per link "
              "(SSD -> host, host -> GPU). The assumptions are varied one at a time around the middle "
@@ -184,7 +189,7 @@ def section_paper() -> list[str]:
              "processor, no load ever, not even a first one. It runs edgecoe's own (heuristic) scheduler, so where "
              "compute dominates (UMA) its batches can form less well than edgecoe's: a ratio above 1.00 in the "
              "`edgecoe / ceiling` column is that, not a faster-than-possible run. `SSD busy`: share of edgecoe's "
-             "run the SSD link carried loads.", ""]
+             "run the SSD link carried loads.")
     if data is None:
         return [*lines, "(not measured yet)", ""]
     lines += [f"Machine: {_machine(data)}. Raw: `{name}`.", "",
