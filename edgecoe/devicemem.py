@@ -89,26 +89,15 @@ class MemoryCgroup:
         """Move ``pid``'s whole thread group here."""
         (self.path / "cgroup.procs").write_text(str(pid))
 
-    def usage(self) -> int | None:
-        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
-        try:
-            return int((self.path / name).read_text())
-        except (OSError, ValueError):
-            return None
-
     def peak(self) -> int | None:
         """The most memory the cgroup held (v1 ``memory.max_usage_in_bytes``; v2 ``memory.peak``)."""
-        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
-        try:
-            return int((self.path / name).read_text())
-        except (OSError, ValueError):
-            return None
+        return self._read_int("memory.max_usage_in_bytes" if self.version == 1 else "memory.peak")
 
     def limit_hits(self) -> int | None:
         """How often usage reached the limit (v1 ``memory.failcnt``; v2 ``memory.events`` max)."""
+        if self.version == 1:
+            return self._read_int("memory.failcnt")
         try:
-            if self.version == 1:
-                return int((self.path / "memory.failcnt").read_text())
             for line in (self.path / "memory.events").read_text().splitlines():
                 key, _, value = line.partition(" ")
                 if key == "max":
@@ -116,6 +105,13 @@ class MemoryCgroup:
         except (OSError, ValueError):
             return None
         return None
+
+    def _read_int(self, name: str) -> int | None:
+        """A control file's number, or None where the kernel does not offer that file."""
+        try:
+            return int((self.path / name).read_text())
+        except (OSError, ValueError):
+            return None
 
 
 def own_memory_cgroup(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> MemoryCgroup:
