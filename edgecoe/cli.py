@@ -665,7 +665,11 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
         with ExitStack() as stack:
             loader = None
             if limit is not None:
-                loader, device = _limited_loader(stack, pkg, profile, config, limit)
+                from edgecoe.devicemem import sessions_under_device_memory
+                from edgecoe.profile import default_profile
+
+                loader, device = stack.enter_context(
+                    sessions_under_device_memory(pkg, profile or default_profile(), config, limit))
                 console.print(f"device memory: {format_bytes(device.limit_bytes)} ({device.mechanism})"
                               f"{'; ' + escape(device.note) if device.note else ''}")
             with console.status("starting: measuring footprints, preloading experts"):
@@ -676,22 +680,6 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
     _print_report(console, report)
     if json_path is not None:
         _write_json(json_path, report.to_dict(), console)
-
-
-def _limited_loader(stack: ExitStack, pkg: Any, profile: Any, config: Any,
-                    limit: int | Literal["auto"]) -> tuple[Any, Any]:
-    """A session loader and the device-memory limit it serves under (entered on ``stack``)."""
-    from edgecoe.bench.harness import auto_device_memory
-    from edgecoe.devicemem import limit_device_memory
-    from edgecoe.loaders.session import SessionLoader
-    from edgecoe.profile import default_profile
-
-    profile = profile or default_profile()
-    loader = SessionLoader(pkg, profile, config)
-    files = [path for expert in pkg.experts for path in loader.files_of(expert)]
-    size = limit if isinstance(limit, int) else auto_device_memory(pkg, profile, config, loader.footprint_bytes)
-    device = stack.enter_context(limit_device_memory(size, files))
-    return device.wrap(loader, loader.files_of), device
 
 
 def _serve(console: Console, runtime: Any, trace: Any, pkg: Any, policy: str, profile_note: str,

@@ -33,9 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from edgecoe.config import RuntimeConfig
 from edgecoe.errors import InvalidInputError
 from edgecoe.loaders import ExpertLoader, LoadedExpert, WrappedLoader
 from edgecoe.memory import drop_page_cache, rss_bytes
+from edgecoe.package import Package
+from edgecoe.profile import DeviceProfile
 
 Mechanism = Literal["cgroup-v1", "cgroup-v2", "fadvise"]
 
@@ -218,6 +221,42 @@ def limit_device_memory(limit_bytes: int, files: Iterable[Path], *, allow_cgroup
     finally:
         if device.cgroup is not None and parent is not None:
             _leave(device.cgroup, parent)
+
+
+IN_FLIGHT_ALLOWANCE_BYTES = 256 << 20
+"""Device-memory ``auto``: room for queued requests' inputs and allocator slack beside the experts."""
+
+
+def auto_device_memory(pkg: Package, profile: DeviceProfile, config: RuntimeConfig,
+                       footprint_bytes: Callable[[str], int]) -> int:
+    """The expert budget plus the runtime's fixed overhead: what this process holds now (Python,
+    ONNX Runtime, the package's metadata), every executor's batch memory, and an in-flight allowance."""
+    from edgecoe.engine import apply_budget, cost_model, plan_executors, working_bytes_per_executor
+
+    budgeted = apply_budget(profile, config.budget, total_bytes=sum(footprint_bytes(n) for n in pkg.experts))
+    per_executor = working_bytes_per_executor(pkg.manifest, budgeted,
+                                              cost_model(pkg.manifest, budgeted, config.resolved_preset()))
+    working = sum(per_executor[e.processor_id] for e in plan_executors(budgeted, config))
+    budgets = sum(p.budget_bytes for p in budgeted.processors)
+    return budgets + working + rss_bytes() + IN_FLIGHT_ALLOWANCE_BYTES
+
+
+@contextmanager
+def sessions_under_device_memory(pkg: Package, profile: DeviceProfile, config: RuntimeConfig,
+                                 device_memory: int | Literal["auto"]) -> Iterator[tuple[ExpertLoader[Any],
+                                                                                         DeviceMemory]]:
+    """ONNX Runtime sessions for ``pkg``, served under a device memory limit (bytes or ``auto``).
+
+    Yields:
+        (the loader to give the runtime, the limit as entered: for the report).
+    """
+    from edgecoe.loaders.session import SessionLoader
+
+    loader = SessionLoader(pkg, profile, config)
+    limit = (device_memory if isinstance(device_memory, int)
+             else auto_device_memory(pkg, profile, config, loader.footprint_bytes))
+    with limit_device_memory(limit, loader.all_files()) as device:
+        yield device.wrap(loader, loader.files_of), device
 
 
 def _make_child(parent: MemoryCgroup, limit_bytes: int) -> tuple[MemoryCgroup, bool]:

@@ -255,12 +255,8 @@ def build_engine(
         _check_fits(manifest, loader, processor.id, processor.budget_bytes)
     caches: dict[str, ExpertCache[LoadedExpert[H]]] = {}
     experts = manifest.experts
-    cost = CostModel(
-        architecture_of={n: e.architecture for n, e in experts.items()},
-        bytes_of={n: e.total_bytes for n, e in experts.items()}, profile=profile,
-        resident=lambda expert, proc: caches[proc].contains(expert),
-        resident_set=lambda proc: caches[proc].members(),
-        max_batch_cap=None if preset.batching else 1)
+    cost = cost_model(manifest, profile, preset, resident=lambda expert, proc: caches[proc].contains(expert),
+                      resident_set=lambda proc: caches[proc].members())
     on_evict = None
     if timeline is not None and clock is not None:
         def on_evict(expert: str) -> None:
@@ -281,6 +277,16 @@ def build_engine(
     if preset.preload:
         engine.preload()
     return engine
+
+
+def cost_model(manifest: Manifest, profile: DeviceProfile, preset: Preset, *,
+               resident: Callable[[str, str], bool] | None = None,
+               resident_set: Callable[[str], Container[str]] | None = None) -> CostModel:
+    """The cost model a preset schedules with on a profile (residency from the caches, where given)."""
+    experts = manifest.experts
+    return CostModel(architecture_of={n: e.architecture for n, e in experts.items()},
+                     bytes_of={n: e.total_bytes for n, e in experts.items()}, profile=profile,
+                     resident=resident, resident_set=resident_set, max_batch_cap=None if preset.batching else 1)
 
 
 def working_bytes_per_executor(manifest: Manifest, profile: DeviceProfile, cost: CostModel) -> dict[str, int]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edgecoe.config import RuntimeConfig
-from edgecoe.devicemem import drop_cached_pages, limit_device_memory
+from edgecoe.devicemem import drop_cached_pages, sessions_under_device_memory
 from edgecoe.engine import apply_budget
 from edgecoe.errors import InvalidInputError
 from edgecoe.loaders.simulated import CostModelLoader
@@ -219,48 +219,21 @@ def _run_limited(pkg: Package, trace: Workload, config: RuntimeConfig, profile: 
                  device_memory: int | Literal["auto"], *, timeline: Timeline | None, bound: bool,
                  progress: Callable[[int, int], None] | None) -> Report:
     """One real entry under a device memory limit (the bound: cold, but with no limit)."""
-    from edgecoe.loaders.session import SessionLoader
-
-    loader = SessionLoader(pkg, profile, config)
-    files = [path for expert in pkg.experts for path in loader.files_of(expert)]
     if bound:
-        drop_cached_pages(files)
+        from edgecoe.loaders.session import SessionLoader
+
+        loader = SessionLoader(pkg, profile, config)
+        drop_cached_pages(loader.all_files())
         with Runtime(pkg, config=config, profile=profile, timeline=timeline, loader=loader) as runtime:
             report = runtime.run(trace, progress=progress)
         report.device_memory = {"mechanism": "none", "limit_bytes": None,
                                 "note": "the all-resident bound: a device that holds every expert (starts cold)"}
         return report
-    limit = device_memory if isinstance(device_memory, int) else auto_device_memory(pkg, profile, config, loader.footprint_bytes)
-    with limit_device_memory(limit, files) as device:
-        with Runtime(pkg, config=config, profile=profile, timeline=timeline,
-                     loader=device.wrap(loader, loader.files_of)) as runtime:
+    with sessions_under_device_memory(pkg, profile, config, device_memory) as (limited, device):
+        with Runtime(pkg, config=config, profile=profile, timeline=timeline, loader=limited) as runtime:
             report = runtime.run(trace, progress=progress)
         report.device_memory = device.describe()
     return report
-
-
-IN_FLIGHT_ALLOWANCE_BYTES = 256 << 20
-"""Device-memory ``auto``: room for queued requests' inputs and allocator slack beside the experts."""
-
-
-def auto_device_memory(pkg: Package, profile: DeviceProfile, config: RuntimeConfig,
-                       footprint_bytes: Callable[[str], int]) -> int:
-    """The expert budget plus the runtime's fixed overhead: what this process holds now (Python,
-    ONNX Runtime, the package's metadata), every executor's batch memory, and an in-flight allowance."""
-    from edgecoe.engine import plan_executors, working_bytes_per_executor
-    from edgecoe.memory import rss_bytes
-    from edgecoe.sched.cost import CostModel
-
-    budgeted = apply_budget(profile, config.budget, total_bytes=sum(footprint_bytes(n) for n in pkg.experts))
-    executors = plan_executors(budgeted, config)
-    experts = pkg.experts
-    cost = CostModel(architecture_of={n: e.architecture for n, e in experts.items()},
-                     bytes_of={n: e.total_bytes for n, e in experts.items()}, profile=budgeted,
-                     max_batch_cap=None if config.resolved_preset().batching else 1)
-    per_executor = working_bytes_per_executor(pkg.manifest, budgeted, cost)
-    working = sum(per_executor[e.processor_id] for e in executors)
-    budgets = sum(p.budget_bytes for p in budgeted.processors)
-    return budgets + working + rss_bytes() + IN_FLIGHT_ALLOWANCE_BYTES
 
 
 def _for_entry(on_progress: Callable[[str, int, int], None] | None,

@@ -98,6 +98,10 @@ class SessionLoader:
                 files.append(self.optcache.entry_path(cached[0], cached[1]))
         return files
 
+    def all_files(self) -> list[Path]:
+        """Every file a load of any of the package's experts may read."""
+        return [path for expert in self.package.experts for path in self.files_of(expert)]
+
     # -- sessions ---------------------------------------------------------------
     def create(self, expert: str, processor_id: str) -> Session:
         """A new session for ``expert`` on ``processor_id``, from the cheapest source.
