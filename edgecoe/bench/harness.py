@@ -265,9 +265,9 @@ class RepeatedBench:
     def summary(self) -> dict[str, dict[str, object]]:
         """Per entry: medians of throughput, each ratio, switches and latency, with ranges."""
         out: dict[str, dict[str, object]] = {}
+        per_run = [result.to_dict()["entries"] for _, _, result in self.runs]  # each run's rows, built once
         for name in self.first.reports:
-            rows = [result.to_dict()["entries"][name] for _, _, result in self.runs  # type: ignore[index]
-                    if name in result.reports]
+            rows = [entries[name] for entries in per_run if name in entries]  # type: ignore[operator,index]
             entry: dict[str, object] = {"num_runs": len(rows)}
             for key in ("throughput_rps", "ratio_vs_samba", "ratio_vs_all_resident", "switches_vs_samba",
                         "num_switches", "num_completed", "num_failed", "storage_read_bytes", "goodput_rps"):
