@@ -42,9 +42,16 @@ def _machine(data: dict[str, object]) -> str:
            f"onnxruntime {m.get('onnxruntime')}"
 
 
-def _intro(title: str, command: str, text: str) -> list[str]:
-    """A section's heading, the command behind it and what it measures."""
-    return [f"## {title}", "", f"`{command}`", "", text, ""]
+def _section(name: str, title: str, command: str, text: str,
+             plot: str | None = None) -> tuple[list[str], dict[str, object] | None]:
+    """A section's raw data and its first lines: heading, command, what it measures, and the machine
+    and raw file (or that it was not measured yet: then the data is None)."""
+    data = _load(name)
+    lines = [f"## {title}", "", f"`{command}`", "", text, ""]
+    if data is None:
+        return [*lines, "(not measured yet)", ""], None
+    shown = f"; plot: `{plot}` (first seed)" if plot else ""
+    return [*lines, f"Machine: {_machine(data)}. Raw: `{name}`{shown}.", ""], data
 
 
 def _verdict(ok: bool) -> str:
@@ -101,11 +108,10 @@ def _pcb_targets(point: dict[str, object], *, device_memory: bool) -> list[str]:
 
 
 def section_pcb(name: str, title: str, command: str, note: str, *, device_memory: bool) -> list[str]:
-    data = _load(name)
+    lines, data = _section(name, title, command, note)
     if data is None:
-        return [f"## {title}", "", f"(not measured yet: `{command}`)", ""]
+        return lines
     point = data["points"][0]  # type: ignore[index]
-    lines = [f"## {title}", "", f"`{command}`", "", note, "", f"Machine: {_machine(data)}. Raw: `{name}`.", ""]
     lines += [*table(RESULTS / name).splitlines(), ""]
     lines += _pcb_targets(point, device_memory=device_memory)  # type: ignore[arg-type]
     if device_memory:
@@ -116,14 +122,12 @@ def section_pcb(name: str, title: str, command: str, note: str, *, device_memory
 
 
 def section_tail(name: str, title: str, command: str, note: str, plot: str) -> list[str]:
-    data = _load(name)
-    lines = _intro(title, command, note)
+    lines, data = _section(name, title, command, note, plot)
     if data is None:
-        return [*lines, "(not measured yet)", ""]
+        return lines
     first = data["points"][0]["entries"]["edgecoe"]["report"]  # type: ignore[index]
     slo = first.get("slo_ms")  # type: ignore[union-attr]
-    lines += [f"Machine: {_machine(data)}. Raw: `{name}`; plot: `{plot}` (first seed).", "",
-              "| offered req/s | coserve req/s | edgecoe req/s | coserve p50 | edgecoe p50 | coserve p99 | edgecoe p99 "
+    lines += ["| offered req/s | coserve req/s | edgecoe req/s | coserve p50 | edgecoe p50 | coserve p99 | edgecoe p99 "
               f"| edgecoe p99 / coserve | coserve goodput ≤{slo:g} ms | edgecoe goodput | all-resident p99 |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for point in data["points"]:  # type: ignore[union-attr]
@@ -137,16 +141,14 @@ def section_tail(name: str, title: str, command: str, note: str, plot: str) -> l
 
 
 def section_bound_ab() -> list[str]:
-    name = "tail/delay_bound_ab_pcb.json"
-    data = _load(name)
-    lines = _intro("The delay bound at 5 s and 30 s (real sessions, pcb)",
-                   "python benchmarks/delay_bound_ab.py models/pcb --bounds 5000,30000 --seeds 13,14",
-                   "3,000 requests at 250 req/s, budget 25 %, each seed's trace served by coserve and by edgecoe "
-                   "with each bound, one after another. One run each.")
+    lines, data = _section(
+        "tail/delay_bound_ab_pcb.json", "The delay bound at 5 s and 30 s (real sessions, pcb)",
+        "python benchmarks/delay_bound_ab.py models/pcb --bounds 5000,30000 --seeds 13,14",
+        "3,000 requests at 250 req/s, budget 25 %, each seed's trace served by coserve and by edgecoe "
+        "with each bound, one after another. One run each.")
     if data is None:
-        return [*lines, "(not measured yet)", ""]
-    lines += [f"Machine: {_machine(data)}. Raw: `{name}`.", "",
-              "| seed | entry | req/s | p50 ms | p99 ms | switches |", "|---|---|---|---|---|---|"]
+        return lines
+    lines += ["| seed | entry | req/s | p50 ms | p99 ms | switches |", "|---|---|---|---|---|---|"]
     for run in data["runs"]:  # type: ignore[union-attr]
         r = run["report"]
         lines.append(f"| {run['seed']} | {run['entry']} | {r['throughput_rps']:.1f} | {r['latency_ms']['p50']:,.0f} | "
@@ -155,14 +157,13 @@ def section_bound_ab() -> list[str]:
 
 
 def section_overhead() -> list[str]:
-    name = "overhead/sched_overhead.json"
-    data = _load(name)
-    lines = ["## Decision overhead", "", "`python benchmarks/sched_overhead.py --repeat 5`", "",
-             "Per request at batch 1: the scheduler's own add and pop only, 350 experts, 10,000 queued; "
-             "`starving`: groups past the delay bound are present. Median [and p99] per run, µs.", ""]
+    lines, data = _section(
+        "overhead/sched_overhead.json", "Decision overhead", "python benchmarks/sched_overhead.py --repeat 5",
+        "Per request at batch 1: the scheduler's own add and pop only, 350 experts, 10,000 queued; "
+        "`starving`: groups past the delay bound are present. Median [and p99] per run, µs.")
     if data is None:
-        return [*lines, "(not measured yet)", ""]
-    lines += [f"Machine: {_machine(data)}. Raw: `{name}`.", "", "| scheduler | calm: median of run medians (range) "
+        return lines
+    lines += ["| scheduler | calm: median of run medians (range) "
               "| starving: median of run medians (range) |", "|---|---|---|"]
     for sched, modes in data["us_per_request_median_p99_per_run"].items():  # type: ignore[union-attr]
         cells = []
@@ -177,23 +178,21 @@ def section_overhead() -> list[str]:
 
 
 def section_paper() -> list[str]:
-    name = "paper/paper_assumptions.json"
-    data = _load(name)
-    lines = _intro("Paper mode across its assumptions (simulated CoServe boxes)",
-                   "python benchmarks/paper_assumptions.py --json benchmarks/results/paper/paper_assumptions.json",
-             "350 synthetic experts shaped like CoServe's circuit-board CoE, 2,500 requests at 250 req/s (uniform), "
-             "each processor's own budget from the reference profile, one shared load channel per link "
-             "(SSD -> host, host -> GPU). The assumptions are varied one at a time around the middle "
-             "(K/t1: per-item share of a batch-1 run; SSD bandwidth multiple; fixed ms per load). "
-             "Medians over seeds 31 and 32. The ceiling is all-resident / samba: every expert resident on every "
-             "processor, no load ever, not even a first one. It runs edgecoe's own (heuristic) scheduler, so where "
-             "compute dominates (UMA) its batches can form less well than edgecoe's: a ratio above 1.00 in the "
-             "`edgecoe / ceiling` column is that, not a faster-than-possible run. `SSD busy`: share of edgecoe's "
-             "run the SSD link carried loads.")
+    lines, data = _section(
+        "paper/paper_assumptions.json", "Paper mode across its assumptions (simulated CoServe boxes)",
+        "python benchmarks/paper_assumptions.py --json benchmarks/results/paper/paper_assumptions.json",
+        "350 synthetic experts shaped like CoServe's circuit-board CoE, 2,500 requests at 250 req/s (uniform), "
+        "each processor's own budget from the reference profile, one shared load channel per link "
+        "(SSD -> host, host -> GPU). The assumptions are varied one at a time around the middle "
+        "(K/t1: per-item share of a batch-1 run; SSD bandwidth multiple; fixed ms per load). "
+        "Medians over seeds 31 and 32. The ceiling is all-resident / samba: every expert resident on every "
+        "processor, no load ever, not even a first one. It runs edgecoe's own (heuristic) scheduler, so where "
+        "compute dominates (UMA) its batches can form less well than edgecoe's: a ratio above 1.00 in the "
+        "`edgecoe / ceiling` column is that, not a faster-than-possible run. `SSD busy`: share of edgecoe's "
+        "run the SSD link carried loads.")
     if data is None:
-        return [*lines, "(not measured yet)", ""]
-    lines += [f"Machine: {_machine(data)}. Raw: `{name}`.", "",
-              "| box | assumptions | edgecoe / samba | coserve / samba | ceiling | edgecoe / ceiling | SSD busy |",
+        return lines
+    lines += ["| box | assumptions | edgecoe / samba | coserve / samba | ceiling | edgecoe / ceiling | SSD busy |",
               "|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict[str, object]]] = {}
     for record in data["records"]:  # type: ignore[union-attr]
