@@ -8,8 +8,9 @@ UMA there is no such tier: host and device share one budget, and the OS page
 cache plays this part.
 
 One mechanism serves both modes: the session loader keeps the real bytes
-(:meth:`HostStore.get`); the simulated loader keeps only their sizes
-(:meth:`HostStore.touch`), so a simulated NUMA run evicts exactly as a real one.
+(:meth:`HostStore.get`, keyed by model file); the simulated loader keeps only
+their sizes (:meth:`HostStore.touch`, keyed by expert), so a simulated NUMA
+run evicts exactly as a real one.
 """
 
 from __future__ import annotations

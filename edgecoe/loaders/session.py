@@ -83,10 +83,10 @@ class SessionLoader:
         del loaded  # dropping the last reference frees the session
 
     def stage(self, expert: str) -> None:
-        """Read the model a device session would be made from into the host tier (NUMA start-up)."""
-        record = self.package.experts[expert]
-        if self._host is not None and not record.external_data:
-            self._host.get(expert, self._model_path(expert)[0])
+        """Read the model a session on the device (the profile's first processor) would be made
+        from into the host tier (NUMA start-up)."""
+        if self._host is not None and not self.package.experts[expert].external_data:
+            self._host_bytes(self._source(expert, self.profile.processors[0].id)[0])
 
     def files_of(self, expert: str) -> list[Path]:
         """Every file a load of ``expert`` may read: its package files and its optimized-cache entries."""
@@ -110,22 +110,36 @@ class SessionLoader:
             SessionError: ONNX Runtime refused the model.
         """
         cached = self._cached_create(expert, processor_id)
-        if cached is not None:
-            cache = self.optcache
-            assert cache is not None
-            model, names, create = cached
-            if self._host is None:
-                return cast(Session, cache.session(model, names, create))
-            # NUMA: the host tier holds the optimized entry's bytes (disk -> host -> device).
-            cache.ensure(model, names, create)
-            entry = cache.entry_path(model, names)
-            if entry.exists():
-                return self._session(self._host.get(expert, entry), processor_id, "none")
-        path, optimized = self._model_path(expert)
-        source: Path | bytes = path
+        if cached is not None and self._host is None:
+            assert self.optcache is not None
+            return cast(Session, self.optcache.session(*cached))
+        path, level = self._source(expert, processor_id)
         if self._host is not None and not self.package.experts[expert].external_data:
-            source = self._host.get(expert, path)  # NUMA: disk -> host memory -> device
-        return self._session(source, processor_id, "none" if optimized else "all")
+            return self._session(self._host_bytes(path), processor_id, level)  # NUMA: disk -> host -> device
+        return self._session(path, processor_id, level)
+
+    def _source(self, expert: str, processor_id: str) -> tuple[Path, Optimization]:
+        """The file a session for ``expert`` on ``processor_id`` is made from, and at which optimization
+        level: the optimized-cache entry (built now if missing) where it applies, else the package's model."""
+        cached = self._cached_create(expert, processor_id)
+        if cached is not None:
+            assert self.optcache is not None
+            self.optcache.ensure(*cached)
+            entry = self.optcache.entry_path(cached[0], cached[1])
+            if entry.exists():
+                return entry, "none"
+        path, optimized = self._model_path(expert)
+        return path, "none" if optimized else "all"
+
+    def _host_bytes(self, path: Path) -> bytes:
+        """A model file's bytes through the host tier.
+
+        NOTE: keyed by the file, not the expert: an expert's package model and its
+        optimized-cache entry are different bytes; keyed by expert, a load that wanted the
+        entry could be handed the model, and run it with graph optimization off.
+        """
+        assert self._host is not None
+        return self._host.get(str(path), path)
 
     def warm_optimized_cache(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Build every missing optimized-model cache entry now (benchmarks: every
