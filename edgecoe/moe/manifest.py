@@ -1,0 +1,234 @@
+"""The MoE package manifest (``kind: moe``): schema and JSON form.
+
+An MoE package is a directory::
+
+    PKG/
+      edgecoe.json                 this manifest
+      tokenizer/tokenizer.json     the tokenizer (Hugging Face ``tokenizers`` format) and its config files
+      dense/embed.bin              token embeddings, raw little-endian
+      dense/layer_000.onnx         per layer: norms, attention (KV cache in and out), router logits
+                                   and, where the architecture has them, the shared experts
+      dense/head.onnx              final norm and LM head
+      experts/L000/E000.bin        per (layer, expert): the FFN weights, raw, laid out per ``expert_format``
+
+The dense parts stay resident; expert weight files are what the expert cache
+loads into budgeted buffers. The expert FFN graph is not in the package: the
+runtime builds it from ``expert_format`` (so a package carries no code and no
+graph for the hot path beyond the dense ONNX models, which are scanned like
+any CoE expert's).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgecoe.package.manifest import FORMAT, FORMAT_VERSION, FileRecord
+from edgecoe.schema import SAFE_NAME_PATTERN, StrictModel
+
+ARCHITECTURES = ("mixtral", "qwen2_moe")
+"""Hugging Face MoE architectures edgecoe exports (``config.model_type``)."""
+
+WeightDtype = Literal["float32", "int8", "int4"]
+
+
+class ModelShape(StrictModel):
+    """The transformer's dimensions and numerics, as the checkpoint's config gave them."""
+
+    vocab_size: int = Field(ge=1, le=1 << 22)
+    hidden_size: int = Field(ge=1, le=1 << 16)
+    num_layers: int = Field(ge=1, le=999)
+    num_heads: int = Field(ge=1, le=1024)
+    num_kv_heads: int = Field(ge=1, le=1024)
+    head_dim: int = Field(ge=2, le=4096)
+    rope_theta: float = Field(gt=0)
+    rms_norm_eps: float = Field(gt=0, lt=1)
+    max_position_embeddings: int = Field(ge=1, le=1 << 24)
+    sliding_window: int | None = Field(default=None, ge=1)
+    bos_token_id: int | None = Field(default=None, ge=0)
+    eos_token_ids: list[int] = Field(default_factory=list, description="generation stops at any of these")
+    pad_token_id: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelShape:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even (rotary embedding halves)")
+        bad = [t for t in [*self.eos_token_ids, self.bos_token_id, self.pad_token_id]
+               if t is not None and t >= self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad} are not below vocab_size={self.vocab_size}")
+        return self
+
+
+class MoeShape(StrictModel):
+    """The routed experts: how many per layer, how many each token uses, and their size."""
+
+    num_experts: int = Field(ge=1, le=999)
+    top_k: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1, le=1 << 20)
+    norm_topk_prob: bool = Field(description="renormalize the top-k routing weights to sum to one")
+    num_shared_experts: int = Field(default=0, ge=0, description="always-on experts, part of each dense layer")
+    shared_intermediate_size: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> MoeShape:
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k={self.top_k} > num_experts={self.num_experts}")
+        return self
+
+
+class TensorLayout(StrictModel):
+    """One tensor inside an expert weight file."""
+
+    name: Literal["w13", "w2", "w13_scales", "w2_scales"]
+    dtype: Literal["float32", "uint8"]
+    shape: list[int] = Field(min_length=1, max_length=4)
+    offset: int = Field(ge=0)
+
+    @property
+    def num_bytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * (4 if self.dtype == "float32" else 1)
+
+
+class ExpertFormat(StrictModel):
+    """How every expert weight file is laid out (all experts of a package share it).
+
+    ``w13`` is the gate and up projections stacked (``[2 * intermediate, hidden]``
+    in float32, rows are outputs); ``w2`` the down projection. Quantized formats
+    hold ONNX Runtime ``MatMulNBits`` blocks (``[out, blocks, block_bytes]``) and
+    float32 scales per block.
+    """
+
+    dtype: WeightDtype
+    block_size: int | None = Field(default=None, ge=16, le=4096)
+    tensors: list[TensorLayout] = Field(min_length=2)
+
+    @property
+    def file_bytes(self) -> int:
+        return max(t.offset + t.num_bytes for t in self.tensors)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExpertFormat:
+        quantized = self.dtype != "float32"
+        if quantized and (self.block_size is None or self.block_size & (self.block_size - 1)):
+            raise ValueError(f"{self.dtype} experts need a power-of-two block_size, got {self.block_size}")
+        names = sorted(t.name for t in self.tensors)
+        want = sorted(["w13", "w2", "w13_scales", "w2_scales"] if quantized else ["w13", "w2"])
+        if names != want:
+            raise ValueError(f"{self.dtype} experts hold tensors {want}, the manifest lists {names}")
+        spans = sorted((t.offset, t.offset + t.num_bytes, t.name) for t in self.tensors)
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+            if start < end:
+                raise ValueError(f"tensors {first} and {second} overlap in the expert file")
+        return self
+
+
+class Quantization(StrictModel):
+    """What weight-only quantization did to the model, measured at export."""
+
+    bits: Literal[4, 8]
+    block_size: int
+    symmetric: bool
+    held_out_tokens: int = Field(ge=0, description="tokens of held-out text the perplexities were measured on")
+    perplexity_float32: float | None = None
+    perplexity: float | None = None
+
+
+class LayerRecord(StrictModel):
+    """One decoder layer: its dense ONNX model and one weight file per routed expert."""
+
+    dense: FileRecord
+    experts: list[FileRecord] = Field(min_length=1)
+
+
+class TensorFile(StrictModel):
+    """A raw tensor in a file of its own (the embedding table)."""
+
+    file: FileRecord
+    dtype: Literal["float32"]
+    shape: list[int] = Field(min_length=2, max_length=2)
+
+
+class MoeManifest(StrictModel):
+    """The whole ``edgecoe.json`` of an MoE package."""
+
+    format: Literal["edgecoe.package"] = FORMAT
+    version: Literal[1] = FORMAT_VERSION
+    kind: Literal["moe"] = "moe"
+    name: str = Field(pattern=SAFE_NAME_PATTERN)
+    description: str = ""
+    created_by: str = ""
+    architecture: Literal["mixtral", "qwen2_moe"]
+    model: ModelShape
+    moe: MoeShape
+    tokenizer: list[FileRecord] = Field(min_length=1, description="tokenizer/tokenizer.json first")
+    embed: TensorFile
+    layers: list[LayerRecord] = Field(min_length=1)
+    head: FileRecord
+    expert_format: ExpertFormat
+    quantization: Quantization | None = None
+    source: str = Field(default="", description="where the checkpoint came from (informational)")
+
+    @model_validator(mode="after")
+    def _counts_agree(self) -> MoeManifest:
+        if len(self.layers) != self.model.num_layers:
+            raise ValueError(f"{len(self.layers)} layers listed, model.num_layers={self.model.num_layers}")
+        wrong = [i for i, layer in enumerate(self.layers) if len(layer.experts) != self.moe.num_experts]
+        if wrong:
+            raise ValueError(f"layers {wrong} do not list moe.num_experts={self.moe.num_experts} expert files")
+        if self.embed.shape != [self.model.vocab_size, self.model.hidden_size]:
+            raise ValueError(f"embed.shape={self.embed.shape} is not [vocab_size, hidden_size]="
+                             f"{[self.model.vocab_size, self.model.hidden_size]}")
+        size = self.expert_format.file_bytes
+        odd = [f.path for layer in self.layers for f in layer.experts if f.bytes != size]
+        if odd:
+            raise ValueError(f"expert files {odd[:3]} are not expert_format's {size} bytes")
+        if (self.quantization is None) != (self.expert_format.dtype == "float32"):
+            raise ValueError(f"quantization record and expert_format.dtype={self.expert_format.dtype} disagree")
+        return self
+
+    def expert_names(self) -> list[str]:
+        """Every routed expert's cache name, ``L{layer}.E{expert}``, layer by layer."""
+        return [expert_name(layer, e) for layer in range(len(self.layers)) for e in range(self.moe.num_experts)]
+
+    def files(self) -> list[FileRecord]:
+        """Every file of the package, the manifest excepted."""
+        return [*self.tokenizer, self.embed.file, self.head,
+                *(f for layer in self.layers for f in (layer.dense, *layer.experts))]
+
+    @property
+    def expert_bytes(self) -> int:
+        """Bytes of one routed expert's weights (every expert has the same)."""
+        return self.expert_format.file_bytes
+
+    @property
+    def total_expert_bytes(self) -> int:
+        return self.expert_bytes * self.moe.num_experts * len(self.layers)
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, so identical packages have identical bytes."""
+        import json
+
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def expert_name(layer: int, expert: int) -> str:
+    """The cache name of routed expert ``expert`` of layer ``layer``."""
+    return f"L{layer:03d}.E{expert:03d}"
+
+
+def parse_expert_name(name: str) -> tuple[int, int]:
+    """(layer, expert) of a cache name made by :func:`expert_name`.
+
+    Raises:
+        ValueError: not such a name.
+    """
+    if len(name) != 9 or name[0] != "L" or name[4:6] != ".E" or not (name[1:4] + name[6:]).isdigit():
+        raise ValueError(f"{name!r} is not an expert name like 'L003.E007'")
+    return int(name[1:4]), int(name[6:])

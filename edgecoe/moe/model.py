@@ -1,0 +1,261 @@
+"""The MoE engine: resident dense parts, one expert cache, and a forward step over a KV cache.
+
+Built once from (package, config, loader) — the generator, the bench and the
+tests drive it. Dense parts (embeddings, each layer's attention and router,
+the LM head) are held for the whole run; routed experts go through the same
+:class:`~edgecoe.cache.ExpertCache` CoE experts use, loaded by a
+:class:`~edgecoe.moe.weights.WeightLoader` within the expert budget.
+
+One step, per layer::
+
+    dense layer (ONNX)  -> residual, moe_input, router_logits, present K/V
+    route (numpy)       -> each token's top-k experts and weights
+    for each chosen expert, in ascending index (as transformers adds them):
+        acquire (pin; load on a miss) -> run on its rows -> release
+    hidden = residual + sum of weighted expert outputs
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgecoe.cache import ExpertCache, create_eviction_policy
+from edgecoe.config import parse_budget
+from edgecoe.errors import InvalidInputError, ProviderUnavailableError, SessionError
+from edgecoe.loaders import ExpertLoader, LoadedExpert
+from edgecoe.moe.manifest import MoeManifest, expert_name
+from edgecoe.moe.package import MoePackage
+from edgecoe.moe.weights import ExpertRunner, ExpertWeights, Placement, WeightLoader, read_exact
+from edgecoe.providers import available_providers, create_session
+
+logger = logging.getLogger(__name__)
+
+MOE_EVICTION_POLICIES = ("lru", "fifo")
+"""Eviction policies that need no CoE routing graph (the phase-aware ones come with their predictor)."""
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """How an MoE package runs. CLI flags become this in one place.
+
+    Attributes:
+        budget: bytes the resident routed experts may use: bytes, a size (``"800MB"``)
+            or a share of all experts (``"25%"``); None holds every expert.
+        policy: eviction policy name (:data:`MOE_EVICTION_POLICIES`).
+        device: ``cpu``, ``cuda:N`` or ``coreml``; where the graphs run (and expert weights live).
+        intra_op_threads: ONNX Runtime threads per session; 0 lets ORT decide.
+    """
+
+    budget: str | int | None = None
+    policy: str = "lru"
+    device: str = "cpu"
+    intra_op_threads: int = 0
+
+    def validate(self) -> None:
+        if self.policy not in MOE_EVICTION_POLICIES:
+            raise InvalidInputError(f"policy {self.policy!r}: MoE packages take {', '.join(MOE_EVICTION_POLICIES)}")
+        if self.device != "coreml":
+            Placement(self.device)  # raises on a malformed device
+        if self.intra_op_threads < 0:
+            raise InvalidInputError(f"intra_op_threads={self.intra_op_threads} must be >= 0")
+
+
+def providers_for(device: str, *, available: list[str] | None = None) -> list[tuple[str, dict[str, str]]]:
+    """ONNX Runtime providers for ``device`` (CPU after any accelerator, for nodes it does not take).
+
+    Raises:
+        ProviderUnavailableError: the installed onnxruntime lacks the device's provider.
+    """
+    available = available_providers() if available is None else available
+    kind, _, index = device.partition(":")
+    wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider"}
+    provider = wanted.get(kind)
+    if provider is None:
+        raise InvalidInputError(f"device {device!r} is not cpu, cuda:N or coreml")
+    if provider not in available:
+        raise ProviderUnavailableError(f"device {device} needs {provider}, but this onnxruntime offers {available}")
+    if kind == "cpu":
+        return [(provider, {})]
+    options = {"device_id": index or "0"} if kind == "cuda" else {}
+    return [(provider, options), ("CPUExecutionProvider", {})]
+
+
+def placement_for(device: str) -> Placement:
+    """Where expert weights live for ``device``: on a CUDA device, else in host memory."""
+    return Placement(device) if device.startswith("cuda") else Placement("cpu")
+
+
+@dataclass
+class LayerCache:
+    """One layer's keys and values, ``[B, KV, T, D]`` each."""
+
+    key: np.ndarray
+    value: np.ndarray
+
+
+@dataclass
+class StepStats:
+    """What the expert path did, summed over steps (the generator reports it)."""
+
+    num_expert_runs: int = 0
+    expert_ms: float = 0.0
+    dense_ms: float = 0.0
+    experts_used: dict[str, int] = field(default_factory=dict)  # expert -> tokens routed to it
+
+
+def route(logits: np.ndarray, *, top_k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``top_k`` experts (best first) and their routing weights, as transformers computes them.
+
+    Softmax over all experts in float32, the top ``top_k`` probabilities, then
+    (``normalize``) divided by their sum.
+
+    Returns:
+        (experts ``[N, top_k]`` int64, weights ``[N, top_k]`` float32)
+    """
+    shifted = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    # stable sort of -p: equal probabilities keep the lower index first, as torch.topk does on CPU
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+    weights = np.take_along_axis(probs, order, axis=-1)
+    if normalize:
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    return order.astype(np.int64), weights.astype(np.float32)
+
+
+class MoeModel:
+    """The serving parts of one MoE package; see the module docstring.
+
+    Args:
+        package: a validated MoE package.
+        config: budget, policy, device, threads.
+        loader: makes experts resident (default: a :class:`WeightLoader` for the device).
+
+    Raises:
+        InvalidInputError: a bad budget (or one below a single expert), policy or device.
+        SessionError: ONNX Runtime refused a dense model.
+    """
+
+    def __init__(self, package: MoePackage, config: MoeConfig | None = None, *,
+                 loader: ExpertLoader[ExpertWeights] | None = None) -> None:
+        self.config = config or MoeConfig()
+        self.config.validate()
+        self.package = package
+        manifest: MoeManifest = package.manifest
+        self.manifest = manifest
+        self.shape = manifest.model
+        providers = providers_for(self.config.device)
+        placement = placement_for(self.config.device)
+        self.loader: ExpertLoader[ExpertWeights] = loader or WeightLoader(package, placement=placement)
+        threads = self.config.intra_op_threads
+        embed = manifest.embed
+        self.embed = read_exact(package.path(embed.file), embed.file.bytes).view(np.float32).reshape(embed.shape)
+        self.dense = [create_session(package.path(layer.dense), providers=providers, intra_op_threads=threads)
+                      for layer in manifest.layers]
+        self.head = create_session(package.path(manifest.head), providers=providers, intra_op_threads=threads)
+        self.runner = ExpertRunner(manifest.expert_format, hidden_size=self.shape.hidden_size,
+                                   intermediate_size=manifest.moe.intermediate_size, providers=providers,
+                                   placement=placement, intra_op_threads=threads)
+        total = manifest.total_expert_bytes
+        budget = total if self.config.budget is None else parse_budget(self.config.budget, total_bytes=total)
+        if budget < manifest.expert_bytes:
+            raise InvalidInputError(f"expert budget {budget} bytes is below one expert ({manifest.expert_bytes} "
+                                    "bytes); raise --budget")
+        self.cache: ExpertCache[LoadedExpert[ExpertWeights]] = ExpertCache(
+            budget_bytes=budget, loader=self._load, unloader=self.loader.unload,
+            size_of=self.loader.footprint_bytes, policy=create_eviction_policy(self.config.policy))
+        self.stats = StepStats()
+        self._inv_freq = 1.0 / (np.float32(self.shape.rope_theta) ** (
+            np.arange(0, self.shape.head_dim, 2, dtype=np.float32) / np.float32(self.shape.head_dim)))
+
+    def _load(self, expert: str) -> tuple[LoadedExpert[ExpertWeights], int]:
+        loaded = self.loader.load(expert, self.config.device)
+        return loaded, loaded.num_bytes
+
+    # -- sequences ------------------------------------------------------------------
+    def empty_cache(self, batch: int) -> list[LayerCache]:
+        """A KV cache holding nothing, for ``batch`` sequences."""
+        s = self.shape
+        empty = np.zeros((batch, s.num_kv_heads, 0, s.head_dim), np.float32)
+        return [LayerCache(empty, empty) for _ in range(s.num_layers)]
+
+    def rotary(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin tables ``[B, S, D]`` for ``positions [B, S]`` (float32, as transformers computes them)."""
+        freqs = positions.astype(np.float32)[..., None] * self._inv_freq
+        angles = np.concatenate([freqs, freqs], axis=-1)
+        return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+    def attention_bias(self, mask: np.ndarray, num_new: int) -> np.ndarray:
+        """The additive mask ``[B, 1, S, T]`` for the last ``num_new`` of ``mask [B, T]``'s slots.
+
+        A query may see earlier slots holding real tokens (``mask`` 1), within the sliding window.
+        """
+        total = mask.shape[1]
+        query = np.arange(total - num_new, total)[:, None]
+        key = np.arange(total)[None, :]
+        allowed = (key <= query)[None] & (mask[:, None, :] > 0)
+        window = self.shape.sliding_window
+        if window is not None:
+            allowed &= (query - key < window)[None]
+        bias = np.where(allowed, np.float32(0.0), np.finfo(np.float32).min).astype(np.float32)
+        return bias[:, None]
+
+    def forward(self, tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray, kv: list[LayerCache], *,
+                all_logits: bool = False) -> np.ndarray:
+        """Run ``tokens [B, S]`` at ``positions`` through the model, appending to ``kv`` in place.
+
+        Args:
+            mask: ``[B, T]``, 1 for slots holding real tokens, for everything in ``kv`` plus these tokens.
+            all_logits: return logits for every position (``[B, S, V]``), not only the last (``[B, V]``).
+        """
+        hidden = self.embed[tokens]
+        cos, sin = self.rotary(positions)
+        bias = self.attention_bias(mask, tokens.shape[1])
+        for layer, session in enumerate(self.dense):
+            started = time.perf_counter()
+            try:
+                residual, moe_input, logits, key, value = session.run(None, {
+                    "hidden": hidden, "cos": cos, "sin": sin, "attn_bias": bias,
+                    "past_key": kv[layer].key, "past_value": kv[layer].value})
+            except Exception as exc:  # ORT's own exception types: wrap at the session boundary
+                raise SessionError(f"dense layer {layer} failed: {exc}") from exc
+            self.stats.dense_ms += (time.perf_counter() - started) * 1e3
+            kv[layer] = LayerCache(key, value)
+            batch, seq, width = moe_input.shape
+            routed = self.experts(layer, moe_input.reshape(-1, width), logits.reshape(batch * seq, -1))
+            hidden = residual + routed.reshape(batch, seq, width)
+        last = hidden if all_logits else hidden[:, -1:]
+        try:
+            out: np.ndarray = self.head.run(None, {"hidden": np.ascontiguousarray(last)})[0]
+        except Exception as exc:
+            raise SessionError(f"LM head failed: {exc}") from exc
+        return out if all_logits else out[:, -1]
+
+    def experts(self, layer: int, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """The routed experts' weighted sum for rows ``x [N, H]`` with router ``logits [N, E]``."""
+        moe = self.manifest.moe
+        chosen, weights = route(logits, top_k=moe.top_k, normalize=moe.norm_topk_prob)
+        out = np.zeros_like(x)
+        for index in np.unique(chosen):
+            rows, slot = np.nonzero(chosen == index)
+            name = expert_name(layer, int(index))
+            started = time.perf_counter()
+            acquired = self.cache.acquire(name)
+            try:
+                y = self.runner.run(acquired.handle.handle, x[rows], weights[rows, slot][:, None])
+            finally:
+                self.cache.release(name)
+            # rows are unique per expert (a token picks an expert once), so plain indexing adds exactly
+            out[rows] += y
+            self.stats.expert_ms += (time.perf_counter() - started) * 1e3
+            self.stats.num_expert_runs += 1
+            self.stats.experts_used[name] = self.stats.experts_used.get(name, 0) + len(rows)
+        return out
+
+    def close(self) -> None:
+        """Unload every resident expert."""
+        self.cache.clear()
