@@ -188,21 +188,41 @@ def entry_point() -> None:
 
 # -- export, inspect, demo ---------------------------------------------------------------
 @main.command(epilog=_epilog("edgecoe export export/onnx-import.yaml -o models/imported",
-                             "edgecoe export my-spec.yaml -o models/mine --force"))
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+                             "edgecoe export my-spec.yaml -o models/mine --force",
+                             "edgecoe export models/moe-tiny-hf -o models/moe-tiny-int4 --dtype int4"))
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Package directory to write.")
 @click.option("--force", is_flag=True, help="Replace an existing package at OUTPUT.")
-@click.option("--allow-custom-ops", is_flag=True, help="Accept models that need custom-op libraries.")
+@click.option("--allow-custom-ops", is_flag=True, help="Accept models that need custom-op libraries (CoE specs).")
+@click.option("--dtype", type=click.Choice(["float32", "int8", "int4"]), default="float32", show_default=True,
+              help="MoE checkpoints: expert weights as float32 or weight-only int8/int4 (MatMulNBits).")
+@click.option("--block-size", type=click.IntRange(16, 4096), default=32, show_default=True,
+              help="MoE checkpoints: weights per quantization scale (a power of two).")
+@click.option("--eval-text", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="MoE checkpoints: held-out text for the perplexity check of quantization "
+                   "(default: text shipped with Python's documentation).")
 @_errors_are_one_line
-def export(spec: Path, output: Path, force: bool, allow_custom_ops: bool) -> None:
-    """Export the experts a SPEC (YAML/JSON) names into a CoE package, verifying each.
+def export(source: Path, output: Path, force: bool, allow_custom_ops: bool, dtype: str, block_size: int,
+           eval_text: Path | None) -> None:
+    """Export SOURCE into a package: a spec (YAML/JSON) of CoE experts, or a Hugging Face MoE checkpoint.
 
+    A spec's experts are exported and each verified against its source. A checkpoint
+    directory (config.json, safetensors weights, tokenizer.json; Mixtral or Qwen2-MoE)
+    becomes an MoE package: dense parts as ONNX, one weight file per expert.
     A spec that names PyTorch factories runs that Python code: export only specs you trust.
     """
+    from edgecoe.moe.export import is_hf_checkpoint
+
+    if source.is_dir():
+        if not is_hf_checkpoint(source):
+            raise click.BadParameter(f"{source} is a directory without config.json: give an export spec file or a "
+                                     "Hugging Face checkpoint directory", param_hint="SOURCE")
+        _export_moe(source, output, force=force, dtype=dtype, block_size=block_size, eval_text=eval_text)
+        return
     from edgecoe.export import ExpertExport, export_package, read_spec
 
-    parsed, _ = read_spec(spec)
+    parsed, _ = read_spec(source)
     console = _console()
     with _progress(console) as progress:
         task = progress.add_task("exporting", total=len(parsed.experts), item="")
@@ -217,9 +237,38 @@ def export(spec: Path, output: Path, force: bool, allow_custom_ops: bool) -> Non
                 f"max abs diff {result.max_abs_diff:.2e}{opt} ({result.seconds:.1f} s)")
             progress.advance(task)
 
-        report = export_package(spec, output, overwrite=force, allow_custom_ops=allow_custom_ops,
+        report = export_package(source, output, overwrite=force, allow_custom_ops=allow_custom_ops,
                                 on_expert_start=start, on_expert_done=done)
     console.print(f"wrote {escape(str(report.package))} ({len(report.experts)} experts)")
+
+
+def _export_moe(source: Path, output: Path, *, force: bool, dtype: str, block_size: int,
+                eval_text: Path | None) -> None:
+    from edgecoe.moe.export import export_moe
+
+    text = None
+    if eval_text is not None:
+        from edgecoe.schema import read_document
+
+        text = read_document(eval_text, max_bytes=16 << 20)
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task("exporting", total=None, item="")
+
+        def step(what: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, item=escape(what))
+
+        report = export_moe(source, output, overwrite=force, dtype=dtype, block_size=block_size,  # type: ignore[arg-type]
+                            eval_text=text, progress=step)
+    console.print(f"wrote {escape(str(report.package))}: {report.architecture}, {report.num_layers} layers x "
+                  f"{report.num_experts} experts of {format_bytes(report.expert_bytes)}, "
+                  f"{format_bytes(report.total_bytes)} in all")
+    quant = report.quantization
+    if quant is not None and quant.perplexity is not None and quant.perplexity_float32 is not None:
+        change = quant.perplexity / quant.perplexity_float32 - 1
+        console.print(f"int{quant.bits} experts (block {quant.block_size}): perplexity {quant.perplexity:.3f} vs "
+                      f"{quant.perplexity_float32:.3f} in float32 ({change:+.2%}) on {quant.held_out_tokens} "
+                      "held-out tokens")
 
 
 @main.command(epilog=_epilog("edgecoe inspect models/pcb-small",
@@ -229,12 +278,23 @@ def export(spec: Path, output: Path, force: bool, allow_custom_ops: bool) -> Non
 @click.option("--quick", is_flag=True, help="Skip checksums and ONNX parsing (sizes and paths only).")
 @_errors_are_one_line
 def inspect(package: Path, json_path: Path | None, quick: bool) -> None:
-    """Show a package's experts, sizes, architectures, dependency graph and probabilities."""
+    """Show a package: a CoE package's experts, graph and probabilities, or an MoE package's layers and experts."""
     from edgecoe.inspect import package_summary, render_summary
+    from edgecoe.moe.package import package_kind
 
     _check_json_path(json_path)
-    pkg = edgecoe.load_package(package, verify="quick" if quick else "full")
     console = _console(to_stderr=json_path is not None and str(json_path) == "-")
+    if package_kind(package) == "moe":
+        from edgecoe.moe.inspect import moe_summary, render_moe_summary
+        from edgecoe.moe.package import load_moe_package
+
+        moe = load_moe_package(package, verify="quick" if quick else "full")
+        if json_path is not None:
+            _write_json(json_path, moe_summary(moe), console)
+        else:
+            render_moe_summary(moe, console)
+        return
+    pkg = edgecoe.load_package(package, verify="quick" if quick else "full")
     if json_path is not None:
         _write_json(json_path, package_summary(pkg), console)
     else:
@@ -254,20 +314,49 @@ def demo() -> None:
 @click.option("--force", is_flag=True, help="Rebuild over an existing package.")
 @_errors_are_one_line
 def demo_build(recipe: str, output: Path | None, force: bool) -> None:
-    """Build demo RECIPE (pcb-small, pcb, or a recipe file) into a package."""
+    """Build demo RECIPE (pcb-small, pcb, moe-tiny, moe-large, or a recipe file) into a package."""
     from edgecoe.demo import find_recipe, load_recipe
+    from edgecoe.moe.demo import is_moe_recipe
 
-    parsed = load_recipe(find_recipe(recipe))
+    path = find_recipe(recipe)
     console = _console()
+    if is_moe_recipe(path):
+        _build_moe_demo(console, path, output, force=force)
+        return
+    parsed = load_recipe(path)
     dest = output or DEFAULT_MODELS_DIR / parsed.name
     if (dest / "edgecoe.json").is_file() and not force:
         pkg = edgecoe.load_package(dest, verify="quick")
         console.print(f"{escape(str(dest))} is already built: {len(pkg.experts)} experts, "
                       f"{format_bytes(pkg.total_bytes)} of models (--force rebuilds it)")
         return
-    path = _build_demo(console, recipe, dest, overwrite=force)
-    pkg = edgecoe.load_package(path, verify="quick")
-    console.print(f"wrote {escape(str(path))}: {len(pkg.experts)} experts, {format_bytes(pkg.total_bytes)} of models")
+    built = _build_demo(console, recipe, dest, overwrite=force)
+    pkg = edgecoe.load_package(built, verify="quick")
+    console.print(f"wrote {escape(str(built))}: {len(pkg.experts)} experts, {format_bytes(pkg.total_bytes)} of models")
+
+
+def _build_moe_demo(console: Console, recipe: Path, output: Path | None, *, force: bool) -> None:
+    from edgecoe.moe.demo import build_moe_demo, load_moe_recipe
+    from edgecoe.moe.package import load_moe_package
+
+    parsed = load_moe_recipe(recipe)
+    dest = output or DEFAULT_MODELS_DIR / parsed.name
+    if (dest / "edgecoe.json").is_file() and not force:
+        console.print(f"{escape(str(dest))} is already built (--force rebuilds it)")
+        return
+    with _progress(console) as progress:
+        task = progress.add_task(f"building {parsed.name}", total=None, item="")
+
+        def step(what: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, item=escape(what))
+            if not console.is_terminal and (done == total or done % 50 == 0):
+                console.print(f"  {escape(what)} ({done}/{total})")
+
+        package, checkpoint = build_moe_demo(recipe, models_dir=dest.parent, dest=dest, force=force, progress=step)
+    moe = load_moe_package(package)
+    console.print(f"wrote {escape(str(checkpoint))} (Hugging Face checkpoint) and {escape(str(package))}: "
+                  f"{len(moe.manifest.layers)} layers x {moe.manifest.moe.num_experts} experts of "
+                  f"{format_bytes(moe.manifest.expert_bytes)}")
 
 
 def _build_demo(console: Console, recipe: str, dest: Path, *, overwrite: bool = False) -> Path:
@@ -293,6 +382,89 @@ def _demo_package(console: Console) -> Path:
         console.print(f"building the bundled demo into {path} (first run only)")
         _build_demo(console, "pcb-small", path)
     return path
+
+
+# -- generate (MoE packages) --------------------------------------------------------------
+@main.command(epilog=_epilog(
+    'edgecoe generate models/moe-tiny --prompt "The for statement" --max-new-tokens 48',
+    "edgecoe generate models/moe-tiny --prompts prompts.txt --budget 25% --report out.json"))
+@click.argument("package", type=PACKAGE)
+@click.option("--prompt", "prompt_texts", multiple=True, metavar="TEXT", help="A prompt (repeat for several).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A text file of prompts, one per line (generated together as one batch).")
+@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=32, show_default=True)
+@click.option("--budget", default="100%", show_default=True,
+              help="Memory for resident routed experts: bytes, a size (800MB) or a share of all experts (25%).")
+@click.option("--policy", type=click.Choice(["lru", "fifo"]), default="lru", show_default=True,
+              help="Which resident expert to evict first.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda:N or coreml.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0: greedy; above 0: sample (seeded by --seed).")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Sample among the k most likely.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stop-token", "stop_tokens", type=int, multiple=True, metavar="ID",
+              help="Also stop at this token id (besides the package's end-of-sequence tokens).")
+@click.option("--ignore-eos", is_flag=True, help="Always generate --max-new-tokens tokens (benchmarks).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads per session (0: ORT decides).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              metavar="PATH", help="Write the run's figures as JSON ('-': standard output).")
+@_errors_are_one_line
+def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
+             budget: str, policy: str, device: str, temperature: float, top_k: int, top_p: float, seed: int,
+             stop_tokens: tuple[int, ...], ignore_eos: bool, threads: int, report_path: Path | None) -> None:
+    """Generate text from an MoE package, streaming tokens, with routed experts held within --budget."""
+    from edgecoe.moe.generate import Generator, SamplingParams, read_prompts
+    from edgecoe.moe.model import MoeConfig, MoeModel
+    from edgecoe.moe.package import load_moe_package, package_kind
+
+    _check_json_path(report_path, "--report")
+    prompts = list(prompt_texts) + (read_prompts(prompts_file) if prompts_file is not None else [])
+    if not prompts:
+        raise click.UsageError("give a prompt: --prompt TEXT or --prompts FILE")
+    if package_kind(package) != "moe":
+        raise click.BadParameter(f"{package} is not an MoE package (generate runs MoE language models; "
+                                 "use 'edgecoe run' for CoE packages)", param_hint="PACKAGE")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed, stop_token_ids=stop_tokens, ignore_eos=ignore_eos)
+    params.validate()
+    console = _console(to_stderr=report_path is not None and str(report_path) == "-")
+    model = MoeModel(load_moe_package(package), MoeConfig(budget=budget, policy=policy, device=device,
+                                                          intra_op_threads=threads))
+    generator = Generator(model)
+    texts = [""] * len(prompts)
+    streaming = len(prompts) == 1 and console.is_terminal
+    try:
+        with _progress(console, rate=True) as progress:
+            task = progress.add_task("generating", total=len(prompts) * max_new_tokens, item="", rate="")
+            started = time.perf_counter()
+            if streaming:
+                progress.stop()
+                console.print(escape(printable(prompts[0])), end="", style="dim", highlight=False)
+            for event in generator.stream(prompts, params):
+                texts[event.prompt_index] += event.text
+                if streaming:
+                    console.print(escape(printable(event.text)), end="", highlight=False)
+                    continue
+                rate = progress.tasks[task].completed / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=1, rate=f"{rate:.1f} tok/s")
+    finally:
+        model.close()
+    if streaming:
+        console.print()
+    else:
+        for prompt, text in zip(prompts, texts, strict=True):
+            console.print(f"[dim]{escape(printable(prompt))}[/dim]{escape(printable(text))}", highlight=False)
+    report = generator.last_report
+    console.print(
+        f"{report.num_prompt_tokens} prompt + {report.num_generated_tokens} generated tokens; "
+        f"first token {report.ttft_ms:.0f} ms, decode {report.decode_tokens_per_s:.1f} tok/s; "
+        f"{report.num_expert_loads} expert loads (hit rate {report.expert_hit_rate:.0%}, "
+        f"{format_bytes(report.bytes_loaded)}); experts peak {format_bytes(report.peak_expert_bytes)} of "
+        f"{format_bytes(report.expert_budget_bytes)} budget; peak RSS {format_bytes(report.peak_rss_bytes)}",
+        highlight=False)
+    if report_path is not None:
+        _write_json(report_path, report.to_dict(), console)
 
 
 # -- workloads ---------------------------------------------------------------------------
