@@ -16,9 +16,10 @@ def tiny_checkpoint(arch: str, dest: Path, *, seed: int = 0, vocab_size: int = 3
 
     train, _ = documentation_text()
     tokenizer = train_tokenizer(train[:40], vocab_size)
-    common = dict(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, num_experts_per_tok=2, max_position_embeddings=256, bos_token_id=1,
-                  eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    common = {"vocab_size": tokenizer.get_vocab_size(), "hidden_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "num_experts_per_tok": 2,
+              "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+              "tie_word_embeddings": False}
     torch.manual_seed(seed)
     if arch == "mixtral":
         model = MixtralForCausalLM(MixtralConfig(intermediate_size=96, num_local_experts=8, **common))

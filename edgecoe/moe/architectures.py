@@ -54,7 +54,7 @@ def _get(config: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
     value = config.get(key, default)
     if value is ...:
         raise ExportError(f"config.json has no {key!r}")
-    if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if (value is not None and not isinstance(value, kind)) or (isinstance(value, bool) and kind is not bool):
         raise ExportError(f"config.json: {key}={value!r} is not a {getattr(kind, '__name__', kind)}")
     return value
 

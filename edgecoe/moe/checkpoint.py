@@ -9,6 +9,7 @@ an index must lie inside the checkpoint directory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from dataclasses import dataclass
@@ -182,7 +183,7 @@ def _read_header(path: Path) -> dict[str, _TensorInfo]:
         spans.append((begin, end, name))
         out[name] = _TensorInfo(path, dtype, tuple(shape), data_start + begin, data_start + end)
     spans.sort()
-    for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
+    for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
         if begin < end:
             raise ExportError(f"{path}: tensors {first!r} and {second!r} overlap")
     return out

@@ -140,7 +140,7 @@ def _train(model: Any, tokenizer: Any, texts: list[str], recipe: MoeRecipe,
     import numpy as np
     import torch
 
-    ids = np.array([t for text in texts for t in tokenizer.encode(text).ids[1:] + [2]], np.int64)
+    ids = np.array([t for text in texts for t in [*tokenizer.encode(text).ids[1:], 2]], np.int64)
     rng = np.random.default_rng(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
     warmup = max(1, recipe.train_steps // 10)

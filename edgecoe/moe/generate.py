@@ -230,7 +230,7 @@ class Generator:
         vocab = self.model.shape.vocab_size
         out = []
         for i, prompt in enumerate(prompts):
-            ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+            ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]  # type: ignore[call-overload]
             if not ids:
                 raise InvalidInputError(f"prompt {i} is empty (no tokens)")
             bad = [t for t in ids if not 0 <= t < vocab]

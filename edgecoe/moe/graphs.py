@@ -21,6 +21,8 @@ so the outputs agree with ``transformers`` to float rounding.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -39,13 +41,13 @@ class _Graph:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
 
-    def op(self, op_type: str, *inputs: str, domain: str = "", **attrs: object) -> str:
+    def op(self, op_type: str, *inputs: str, domain: str = "", **attrs: Any) -> str:
         self._count += 1
         out = f"{op_type.lower()}_{self._count}"
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, domain=domain, **attrs))
         return out
 
-    def ops(self, op_type: str, *inputs: str, num_outputs: int, **attrs: object) -> list[str]:
+    def ops(self, op_type: str, *inputs: str, num_outputs: int, **attrs: Any) -> list[str]:
         self._count += 1
         outs = [f"{op_type.lower()}_{self._count}_{i}" for i in range(num_outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=f"{op_type}_{self._count}", **attrs))

@@ -20,6 +20,7 @@ any CoE expert's).
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -123,7 +124,7 @@ class ExpertFormat(StrictModel):
         if names != want:
             raise ValueError(f"{self.dtype} experts hold tensors {want}, the manifest lists {names}")
         spans = sorted((t.offset, t.offset + t.num_bytes, t.name) for t in self.tensors)
-        for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+        for (_, end, first), (start, _, second) in itertools.pairwise(spans):
             if start < end:
                 raise ValueError(f"tensors {first} and {second} overlap in the expert file")
         return self

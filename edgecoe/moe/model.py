@@ -245,6 +245,7 @@ class MoeModel:
             name = expert_name(layer, int(index))
             started = time.perf_counter()
             acquired = self.cache.acquire(name)
+            assert acquired is not None, "acquire with wait=True always returns the expert"
             try:
                 y = self.runner.run(acquired.handle.handle, x[rows], weights[rows, slot][:, None])
             finally:

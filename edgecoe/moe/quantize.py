@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -62,14 +63,16 @@ def quantized_format(hidden: int, intermediate: int, *, bits: int, block_size: i
     """The layout of a quantized expert file: w13 blocks, w2 blocks, then their scales."""
     tensors = []
     offset = 0
-    for name, rows, cols in (("w13", 2 * intermediate, hidden), ("w2", hidden, intermediate)):
+    pairs: tuple[tuple[Any, int, int], ...] = (("w13", 2 * intermediate, hidden), ("w2", hidden, intermediate))
+    for name, rows, cols in pairs:
         blocks = -(-cols // block_size)
         layout = TensorLayout(name=name, dtype="uint8", shape=[rows, blocks, block_size * bits // 8], offset=offset)
         offset += layout.num_bytes
         tensors.append(layout)
-    for name, rows, cols in (("w13_scales", 2 * intermediate, hidden), ("w2_scales", hidden, intermediate)):
-        layout = TensorLayout(name=name, dtype="float32", shape=[rows, -(-cols // block_size)],  # type: ignore[arg-type]
-                              offset=offset)
+    scales: tuple[tuple[Any, int, int], ...] = (("w13_scales", 2 * intermediate, hidden),
+                                                ("w2_scales", hidden, intermediate))
+    for name, rows, cols in scales:
+        layout = TensorLayout(name=name, dtype="float32", shape=[rows, -(-cols // block_size)], offset=offset)
         offset += layout.num_bytes
         tensors.append(layout)
     return ExpertFormat(dtype="int4" if bits == 4 else "int8", block_size=block_size, tensors=tensors)
@@ -80,7 +83,7 @@ def quantize_expert(data: bytes, fp32: ExpertFormat, fmt: ExpertFormat, *, bits:
     arrays = {t.name: np.frombuffer(data, np.float32, count=t.num_bytes // 4, offset=t.offset).reshape(t.shape)
               for t in fp32.tensors}
     out = bytearray(fmt.file_bytes)
-    layouts = {t.name: t for t in fmt.tensors}
+    layouts: dict[str, TensorLayout] = {t.name: t for t in fmt.tensors}
     for name in ("w13", "w2"):
         packed, scales = quantize_matrix(arrays[name], bits=bits, block_size=fmt.block_size or 32)
         for key, value in ((name, packed), (f"{name}_scales", scales)):
@@ -119,10 +122,10 @@ def quantize_package_experts(
             experts.append(writer.write_bytes(record.path, quantize_expert(data, fp32, fmt, bits=bits)))
         layers.append(LayerRecord(dense=layer.dense, experts=experts))
         progress(f"quantize layer {i}", i + 1, len(manifest.layers))
-    record = Quantization(bits=bits, block_size=block_size, symmetric=True,  # type: ignore[arg-type]
-                          held_out_tokens=num_tokens, perplexity_float32=before)
-    quantized = manifest.model_copy(update={"layers": layers, "expert_format": fmt, "quantization": record})
+    quantization = Quantization(bits=bits, block_size=block_size, symmetric=True,  # type: ignore[arg-type]
+                                held_out_tokens=num_tokens, perplexity_float32=before)
+    quantized = manifest.model_copy(update={"layers": layers, "expert_format": fmt, "quantization": quantization})
     quantized = MoeManifest.model_validate(quantized.model_dump())  # re-check the new layout and sizes
     (root / MANIFEST_NAME).write_text(quantized.to_json(), encoding="utf-8")
     after, _ = held_out_perplexity(root, eval_text)
-    return quantized.model_copy(update={"quantization": record.model_copy(update={"perplexity": after})})
+    return quantized.model_copy(update={"quantization": quantization.model_copy(update={"perplexity": after})})

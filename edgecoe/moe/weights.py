@@ -125,10 +125,10 @@ class WeightLoader:
             buffer = np.frombuffer(data, dtype=np.uint8)
         else:
             buffer = read_exact(path, self.format.file_bytes)
-        views = {t.name: buffer[t.offset:t.offset + t.num_bytes].view(_NUMPY_DTYPES[t.dtype]).reshape(t.shape)
+        views: dict[str, np.ndarray] = {t.name: buffer[t.offset:t.offset + t.num_bytes].view(_NUMPY_DTYPES[t.dtype]).reshape(t.shape)
                  for t in self.format.tensors}
         kind, index = self.placement.kind, self.placement.index
-        values = {name: self._ort_value(view, kind, index) for name, view in views.items()}
+        values: dict[str, Any] = {name: self._ort_value(view, kind, index) for name, view in views.items()}
         weights = ExpertWeights(values=values, buffer=buffer if kind == "cpu" else None,
                                 num_bytes=self.format.file_bytes)
         return LoadedExpert(weights, weights.num_bytes, (time.perf_counter() - started) * 1e3, True, source)
@@ -156,7 +156,7 @@ def read_exact(path: Path, num_bytes: int) -> np.ndarray:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size != num_bytes:
             raise PackageError(path.parent, [Problem(path.name, f"is no longer a regular file of {num_bytes} bytes")])
-        view = memoryview(buffer)
+        view = memoryview(buffer.data)
         done = 0
         while done < num_bytes:
             got = os.readv(fd, [view[done:]])
