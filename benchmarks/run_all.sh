@@ -33,4 +33,16 @@ for mode in wait reject; do
   run "queue-bound-$mode" python benchmarks/queue_bound.py models/pcb-small --mode "$mode" \
       --json "$results/hostile/queue_bound_$mode.json"
 done
+[ -f models/moe-tiny/edgecoe.json ] || edgecoe demo build moe-tiny
+[ -f models/moe-large/edgecoe.json ] || edgecoe demo build moe-large
+for model in moe-tiny moe-large; do
+  run "$model" python benchmarks/moe_generate.py --package "models/$model" --checkpoint "models/$model-hf" \
+      --prompts 20 --new-tokens 32 --budgets 100%,50%,25% --repeat 3 --json "$results/moe/$model.json"
+done
+run quantize python benchmarks/moe_quantize.py --checkpoint models/moe-tiny-hf --block-sizes 32,128 \
+    --json "$results/moe/quantize_moe_tiny.json"
+run expert-exec-large python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 \
+    --repeat 3 --json "$results/moe/expert_exec_large.json"
+run expert-exec-tiny python benchmarks/moe_expert_exec.py --hidden 128 --intermediate 256 --experts 8 \
+    --repeat 3 --json "$results/moe/expert_exec_tiny.json"
 python benchmarks/make_results_page.py

@@ -407,12 +407,15 @@ def _demo_package(console: Console) -> Path:
               help="Also stop at this token id (besides the package's end-of-sequence tokens).")
 @click.option("--ignore-eos", is_flag=True, help="Always generate --max-new-tokens tokens (benchmarks).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads per session (0: ORT decides).")
+@click.option("--preload/--no-preload", default=True, show_default=True,
+              help="Fill the expert budget before the first prompt (layer by layer).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
               metavar="PATH", help="Write the run's figures as JSON ('-': standard output).")
 @_errors_are_one_line
 def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
              budget: str, policy: str, device: str, temperature: float, top_k: int, top_p: float, seed: int,
-             stop_tokens: tuple[int, ...], ignore_eos: bool, threads: int, report_path: Path | None) -> None:
+             stop_tokens: tuple[int, ...], ignore_eos: bool, threads: int, preload: bool,
+             report_path: Path | None) -> None:
     """Generate text from an MoE package, streaming tokens, with routed experts held within --budget."""
     from edgecoe.moe.generate import Generator, SamplingParams, read_prompts
     from edgecoe.moe.model import MoeConfig, MoeModel
@@ -430,7 +433,7 @@ def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | 
     params.validate()
     console = _console(to_stderr=report_path is not None and str(report_path) == "-")
     model = MoeModel(load_moe_package(package), MoeConfig(budget=budget, policy=policy, device=device,
-                                                          intra_op_threads=threads))
+                                                          intra_op_threads=threads, preload=preload))
     generator = Generator(model)
     texts = [""] * len(prompts)
     streaming = len(prompts) == 1 and console.is_terminal

@@ -40,8 +40,6 @@ def tiny_checkpoint(arch: str, dest: Path, *, seed: int = 0, vocab_size: int = 3
 
 def prompts(count: int = 20) -> list[str]:
     """``count`` prompts from the held-out documentation text."""
-    from edgecoe.moe.demo import documentation_text
+    from edgecoe.moe.demo import held_out_prompts
 
-    _, held_out = documentation_text()
-    lines = [line.strip() for text in held_out for line in text.splitlines() if len(line.strip()) > 30]
-    return [line[:60] for line in lines[:count]]
+    return held_out_prompts(count)

@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 from moe_helpers import ARCHS, prompts, tiny_checkpoint  # noqa: E402
 
 from edgecoe.errors import InvalidInputError  # noqa: E402
+from edgecoe.moe.evaluate import held_out_perplexity  # noqa: E402
 from edgecoe.moe.export import export_moe  # noqa: E402
 from edgecoe.moe.generate import Generator, SamplingParams  # noqa: E402
 from edgecoe.moe.model import MoeConfig, MoeModel, route  # noqa: E402
@@ -158,6 +159,10 @@ def test_int4_experts_are_under_a_third_of_float32_and_report_perplexity(tmp_pat
         int4.quantization.perplexity / int4.quantization.perplexity_float32 - 1) + 1e-3  # type: ignore[union-attr]
     package = load_moe_package(int4.package, verify="full")
     assert package.manifest.expert_format.dtype == "int4"
+    # the packages as written measure what export recorded
+    assert held_out_perplexity(int4.package, None)[0] == pytest.approx(int4.quantization.perplexity, rel=1e-5)  # type: ignore[union-attr]
+    assert held_out_perplexity(fp32.package, None)[0] == pytest.approx(
+        int4.quantization.perplexity_float32, rel=1e-5)  # type: ignore[union-attr]
     result = Generator(MoeModel(package, MoeConfig(budget="25%"))).generate(
         prompts(2), SamplingParams(max_new_tokens=8, ignore_eos=True))
     assert all(len(ids) == 8 for ids in result.token_ids)

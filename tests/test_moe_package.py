@@ -13,17 +13,17 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from moe_helpers import tiny_checkpoint  # noqa: E402
+from moe_helpers import tiny_checkpoint
 
-from edgecoe.cache import ExpertCache, create_eviction_policy  # noqa: E402
-from edgecoe.cli import main  # noqa: E402
-from edgecoe.errors import ExportError, InvalidInputError, PackageError, ProviderUnavailableError  # noqa: E402
-from edgecoe.moe.checkpoint import SafetensorsCheckpoint  # noqa: E402
-from edgecoe.moe.export import export_moe  # noqa: E402
-from edgecoe.moe.manifest import expert_name, parse_expert_name  # noqa: E402
-from edgecoe.moe.model import providers_for  # noqa: E402
-from edgecoe.moe.package import load_moe_package, package_kind  # noqa: E402
-from edgecoe.moe.weights import Placement, WeightLoader  # noqa: E402
+from edgecoe.cache import ExpertCache, create_eviction_policy
+from edgecoe.cli import main
+from edgecoe.errors import ExportError, InvalidInputError, PackageError, ProviderUnavailableError
+from edgecoe.moe.checkpoint import SafetensorsCheckpoint
+from edgecoe.moe.export import export_moe
+from edgecoe.moe.manifest import expert_name, parse_expert_name
+from edgecoe.moe.model import providers_for
+from edgecoe.moe.package import load_moe_package, package_kind
+from edgecoe.moe.weights import Placement, WeightLoader
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,12 @@ def test_manifest_counts_must_agree(package: Path) -> None:
 
 
 def test_package_kind_tells_moe_from_coe(package: Path, tmp_path: Path) -> None:
+    import edgecoe
+
     assert package_kind(package) == "moe"
     assert package_kind(tmp_path / "nothing") == "coe"
+    with pytest.raises(PackageError, match="edgecoe generate"):
+        edgecoe.load_package(package)
 
 
 def _safetensors(path: Path, header: dict, data: bytes) -> None:

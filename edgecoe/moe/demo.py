@@ -179,3 +179,10 @@ def build_moe_demo(recipe_path: Path, *, models_dir: Path, dest: Path | None = N
     export_moe(checkpoint, package, name=recipe.name, overwrite=True, eval_text="\n".join(held_out),
                progress=report)
     return package, checkpoint
+
+
+def held_out_prompts(count: int = 20, *, chars: int = 60) -> list[str]:
+    """``count`` prompts from the held-out documentation topics (never trained on, never tuned on)."""
+    _, held_out = documentation_text()
+    lines = [line.strip() for text in held_out for line in text.splitlines() if len(line.strip()) > 30]
+    return [line[:chars] for line in lines[:count]]

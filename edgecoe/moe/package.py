@@ -10,7 +10,6 @@ are raw numbers: any bytes are valid floats, so a quick load never hashes them
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from edgecoe.errors import OnnxFileError, PackageError, Problem
 from edgecoe.moe.manifest import MoeManifest
-from edgecoe.package.files import sha256_file, unsafe_path_reason
+from edgecoe.package.files import check_record, stray_entries, unsafe_path_reason
 from edgecoe.package.manifest import MANIFEST_NAME, FileRecord
 from edgecoe.package.onnxscan import scan_model, scanned_custom_domains
 from edgecoe.schema import DocumentError, parse_json, pydantic_problems, read_document
@@ -96,28 +95,13 @@ def _check_files(root: Path, manifest: MoeManifest, verify: Verify) -> list[Prob
         if reason:
             problems.append(Problem(where, reason))
             continue
-        full = root / record.path
-        if not full.is_file():
-            problems.append(Problem(where, "missing: the manifest declares it but it is not in the package"))
-            continue
-        size = full.stat().st_size
-        if size != record.bytes:
-            problems.append(Problem(where, f"size is {size} bytes, manifest declares {record.bytes} "
-                                           "(truncated or replaced?)"))
-            continue
-        if verify == "full" and sha256_file(full) != record.sha256:
-            problems.append(Problem(where, f"checksum mismatch: manifest sha256 {record.sha256[:12]}…"))
+        problem = check_record(root, record, where, checksum=verify == "full")
+        if problem is not None:
+            problems.append(problem)
             continue
         if record.path in models:
-            problems += _check_model(full, where)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for entry in sorted(dirnames + filenames):
-            full = Path(dirpath) / entry
-            rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                problems.append(Problem(rel, "is a symbolic link; packages may not contain links"))
-            elif full.is_file() and rel != MANIFEST_NAME and rel not in claimed:
-                problems.append(Problem(rel, "extra file not declared in the manifest"))
+            problems += _check_model(root / record.path, where)
+    problems += stray_entries(root, claimed)
     return problems
 
 

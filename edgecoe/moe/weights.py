@@ -179,10 +179,10 @@ class ExpertRunner:
 
     def __init__(self, fmt: ExpertFormat, *, hidden_size: int, intermediate_size: int,
                  providers: list[tuple[str, dict[str, str]]] | None = None, placement: Placement | None = None,
-                 intra_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, session_config: dict[str, str] | None = None) -> None:
         model = expert_graph(fmt, hidden_size=hidden_size, intermediate_size=intermediate_size)
         self.session = create_session(model.SerializeToString(), providers=providers,
-                                      intra_op_threads=intra_op_threads)
+                                      intra_op_threads=intra_op_threads, session_config=session_config)
         self.placement = placement or Placement()
 
     def run(self, weights: ExpertWeights, x: np.ndarray, routing_weight: np.ndarray) -> np.ndarray:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Container
 from pathlib import Path, PurePosixPath
 
-from edgecoe.package.manifest import FileRecord
+from edgecoe.errors import Problem
+from edgecoe.package.manifest import MANIFEST_NAME, FileRecord
 
 _CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -49,3 +51,32 @@ def unsafe_path_reason(root: Path, rel: str) -> str | None:
     if os.path.commonpath([resolved, root.resolve()]) != str(root.resolve()):
         return f"path {rel!r} resolves outside the package to {resolved}"
     return None
+
+
+def check_record(root: Path, record: FileRecord, where: str, *, checksum: bool) -> Problem | None:
+    """What is wrong with the file a record declares (missing, other size, other checksum), or None."""
+    path = root / record.path
+    if not path.is_file():
+        return Problem(where, "missing: the manifest declares it but it is not in the package")
+    size = path.stat().st_size
+    if size != record.bytes:
+        return Problem(where, f"size is {size} bytes, manifest declares {record.bytes} (truncated or replaced?)")
+    if checksum:
+        digest = sha256_file(path)
+        if digest != record.sha256:
+            return Problem(where, f"checksum mismatch: manifest sha256 {record.sha256[:12]}…, file has {digest[:12]}…")
+    return None
+
+
+def stray_entries(root: Path, declared: Container[str]) -> list[Problem]:
+    """Links anywhere in the package, and files the manifest does not declare."""
+    problems = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for entry in sorted(dirnames + filenames):
+            full = Path(dirpath) / entry
+            rel = full.relative_to(root).as_posix()
+            if full.is_symlink():
+                problems.append(Problem(rel, "is a symbolic link; packages may not contain links"))
+            elif full.is_file() and rel != MANIFEST_NAME and rel not in declared:
+                problems.append(Problem(rel, "extra file not declared in the manifest"))
+    return problems

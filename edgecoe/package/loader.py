@@ -8,7 +8,6 @@ then each ONNX model's I/O and external-data locations against the manifest.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,7 +15,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from edgecoe.errors import OnnxFileError, PackageError, Problem
-from edgecoe.package.files import sha256_file, unsafe_path_reason
+from edgecoe.package.files import check_record, stray_entries, unsafe_path_reason
 from edgecoe.package.manifest import (
     MANIFEST_NAME,
     ExpertRecord,
@@ -114,6 +113,9 @@ def _read_manifest(root: Path) -> Manifest:
     except DocumentError as exc:
         # the manifest's own name, not the absolute path: the package is named in the error already
         raise PackageError(root, [Problem(exc.where.replace(str(path), where), exc.message)]) from None
+    if isinstance(raw, dict) and raw.get("kind") == "moe":
+        raise PackageError(root, [Problem(f"{where}: kind", "this is an MoE language-model package: generate text "
+                                                             "with `edgecoe generate` (edgecoe.moe), not run/bench")])
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -214,34 +216,13 @@ def _check_files(root: Path, manifest: Manifest, verify: Verify) -> tuple[list[P
             if reason:
                 problems.append(Problem(where, reason))
                 continue
-            problem = _check_record(root, record, where, verify)
+            problem = check_record(root, record, where, checksum=verify == "full")
             if problem:
                 problems.append(problem)
             else:
                 good.add(record.path)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for entry in sorted(dirnames + filenames):
-            full = Path(dirpath) / entry
-            rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                problems.append(Problem(rel, "is a symbolic link; packages may not contain links"))
-            elif full.is_file() and rel != MANIFEST_NAME and rel not in claimed:
-                problems.append(Problem(rel, "extra file not declared in the manifest"))
+    problems += stray_entries(root, claimed)
     return problems, good
-
-
-def _check_record(root: Path, record: FileRecord, where: str, verify: Verify) -> Problem | None:
-    path = root / record.path
-    if not path.is_file():
-        return Problem(where, "missing: the manifest declares it but it is not in the package")
-    size = path.stat().st_size
-    if size != record.bytes:
-        return Problem(where, f"size is {size} bytes, manifest declares {record.bytes} (truncated or replaced?)")
-    if verify == "full":
-        digest = sha256_file(path)
-        if digest != record.sha256:
-            return Problem(where, f"checksum mismatch: manifest sha256 {record.sha256[:12]}…, file has {digest[:12]}…")
-    return None
 
 
 _CUSTOM_OPS = "uses custom operator domains {domains}; these need a custom-op library, refused unless allowed explicitly"
