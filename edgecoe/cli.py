@@ -303,11 +303,12 @@ def inspect(package: Path, json_path: Path | None, quick: bool) -> None:
 
 @main.group()
 def demo() -> None:
-    """Build the bundled circuit-board inspection demo."""
+    """Build the bundled demos: the circuit-board inspection CoE and the MoE language models."""
 
 
 @demo.command("build", epilog=_epilog("edgecoe demo build              the 20-expert pcb-small (seconds)",
-                                      "edgecoe demo build pcb          the 120-expert pcb (7.5 GB, minutes)"))
+                                      "edgecoe demo build pcb          the 120-expert pcb (7.5 GB, minutes)",
+                                      "edgecoe demo build moe-tiny     a small Mixtral trained on Python's docs"))
 @click.argument("recipe", default="pcb-small")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Package directory (default: models/NAME).")
@@ -392,7 +393,8 @@ def _demo_package(console: Console) -> Path:
 @click.option("--prompt", "prompt_texts", multiple=True, metavar="TEXT", help="A prompt (repeat for several).")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A text file of prompts, one per line (generated together as one batch).")
-@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=32, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=32, show_default=True,
+              help="Tokens to generate per prompt at most.")
 @click.option("--budget", default="100%", show_default=True,
               help="Memory for resident routed experts: bytes, a size (800MB) or a share of all experts (25%).")
 @click.option("--policy", type=click.Choice(["lru", "fifo"]), default="lru", show_default=True,
@@ -401,8 +403,10 @@ def _demo_package(console: Console) -> Path:
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0: greedy; above 0: sample (seeded by --seed).")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Sample among the k most likely.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Sample among the most likely tokens whose probabilities add up to P.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds sampling (each prompt draws from its own stream).")
 @click.option("--stop-token", "stop_tokens", type=int, multiple=True, metavar="ID",
               help="Also stop at this token id (besides the package's end-of-sequence tokens).")
 @click.option("--ignore-eos", is_flag=True, help="Always generate --max-new-tokens tokens (benchmarks).")
