@@ -377,7 +377,8 @@ def render() -> str:
         "python benchmarks/moe_generate.py --package models/moe-tiny --checkpoint models/moe-tiny-hf --prompts 20 "
         "--new-tokens 32 --budgets 100%,50%,25% --repeat 3 --json benchmarks/results/moe/moe-tiny.json",
         "The trained demo (4 layers x 8 experts of 0.39 MB). 20 prompts from the held-out documentation topics, "
-        "32 greedy tokens each, one prompt at a time; every engine in a fresh process, 3 repeats in rotated order. "
+        "32 greedy tokens each, one prompt at a time; every engine in a fresh process, 3 repeats in rotated order; "
+        "edgecoe entries run the `on-demand` schedule (an expert loads when routed, least recently used out). "
         "ONNX Runtime GenAI 0.18's model builder has no Mixtral or Qwen2-MoE architecture, so it is not in the "
         "table.")
     lines += section_moe_generate(

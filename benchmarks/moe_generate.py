@@ -66,7 +66,7 @@ def _edgecoe_worker(args: argparse.Namespace, prompts: list[list[int]], budget: 
     from edgecoe.moe.model import MoeConfig, MoeModel
     from edgecoe.moe.package import load_moe_package
 
-    model = MoeModel(load_moe_package(args.package), MoeConfig(budget=budget))
+    model = MoeModel(load_moe_package(args.package), MoeConfig(budget=budget, policy=args.policy))
     generator = Generator(model)
     generator.generate([prompts[0][:4]], SamplingParams(max_new_tokens=4, ignore_eos=True))  # warm-up
     stats_before = (model.cache.stats.num_misses, model.cache.stats.num_hits, model.cache.stats.bytes_loaded)
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--budgets", default="100%,50%,25%")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--policy", default="on-demand", help="edgecoe's expert schedule in every entry")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prompt-ids", default=None, help=argparse.SUPPRESS)
@@ -138,7 +139,8 @@ def main() -> None:
                 out = Path(tmp) / "out.json"
                 subprocess.run([sys.executable, __file__, "--worker", engine, "--prompt-ids", str(prompt_file),
                                 "--out", str(out), "--package", str(args.package), "--checkpoint",
-                                str(args.checkpoint), "--new-tokens", str(args.new_tokens)], check=True)
+                                str(args.checkpoint), "--new-tokens", str(args.new_tokens), "--policy", args.policy],
+                               check=True)
                 run[engine] = json.loads(out.read_text())
                 print(f"repeat {rep + 1}/{args.repeat} {engine}: decode "
                       f"{_median([p['decode_tokens_per_s'] for p in run[engine]['prompts']]):.1f} tok/s", flush=True)

@@ -397,8 +397,8 @@ def _demo_package(console: Console) -> Path:
               help="Tokens to generate per prompt at most.")
 @click.option("--budget", default="100%", show_default=True,
               help="Memory for resident routed experts: bytes, a size (800MB) or a share of all experts (25%).")
-@click.option("--policy", type=click.Choice(["lru", "fifo"]), default="lru", show_default=True,
-              help="Which resident expert to evict first.")
+@click.option("--policy", type=click.Choice(["on-demand", "mixtral-offload", "edgecoe"]), default="on-demand",
+              show_default=True, help="Expert schedule: what is fetched ahead, kept and dropped (docs/moe.md).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda:N or coreml.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0: greedy; above 0: sample (seeded by --seed).")
@@ -413,19 +413,23 @@ def _demo_package(console: Console) -> Path:
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads per session (0: ORT decides).")
 @click.option("--preload/--no-preload", default=True, show_default=True,
               help="Fill the expert budget before the first prompt (layer by layer).")
+@click.option("--device-memory", default=None, metavar="SIZE|auto",
+              help="Generate under a memory limit that counts the page cache, so expert loads read storage as "
+                   "on a device with that much memory (auto: the expert budget plus what the runtime holds).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, allow_dash=True), default=None,
               metavar="PATH", help="Write the run's figures as JSON ('-': standard output).")
 @_errors_are_one_line
 def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
              budget: str, policy: str, device: str, temperature: float, top_k: int, top_p: float, seed: int,
              stop_tokens: tuple[int, ...], ignore_eos: bool, threads: int, preload: bool,
-             report_path: Path | None) -> None:
+             device_memory: str | None, report_path: Path | None) -> None:
     """Generate text from an MoE package, streaming tokens, with routed experts held within --budget."""
     from edgecoe.moe.generate import Generator, SamplingParams, read_prompts
-    from edgecoe.moe.model import MoeConfig, MoeModel
+    from edgecoe.moe.model import MoeConfig, MoeModel, moe_under_device_memory
     from edgecoe.moe.package import load_moe_package, package_kind
 
     _check_json_path(report_path, "--report")
+    limit = _device_memory(device_memory)
     prompts = list(prompt_texts) + (read_prompts(prompts_file) if prompts_file is not None else [])
     if not prompts:
         raise click.UsageError("give a prompt: --prompt TEXT or --prompts FILE")
@@ -436,42 +440,59 @@ def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | 
                             seed=seed, stop_token_ids=stop_tokens, ignore_eos=ignore_eos)
     params.validate()
     console = _console(to_stderr=report_path is not None and str(report_path) == "-")
-    model = MoeModel(load_moe_package(package), MoeConfig(budget=budget, policy=policy, device=device,
-                                                          intra_op_threads=threads, preload=preload))
-    generator = Generator(model)
+    config = MoeConfig(budget=budget, policy=policy, device=device, intra_op_threads=threads, preload=preload)
+    described: dict[str, object] | None = None
+    with ExitStack() as stack:
+        if limit is None:
+            model = MoeModel(load_moe_package(package), config)
+            stack.callback(model.close)
+        else:
+            model, memory = stack.enter_context(moe_under_device_memory(load_moe_package(package), config, limit))
+            console.print(f"device memory: {format_bytes(memory.limit_bytes)} ({memory.mechanism})"
+                          + (f"; {escape(memory.note)}" if memory.note else ""), highlight=False)
+        _, report = _generate_all(console, Generator(model), prompts, params, max_new_tokens)
+        if limit is not None:
+            described = memory.describe()
+    out = report.to_dict()
+    if described is not None:
+        out["device_memory"] = described
+    console.print(
+        f"{report.num_prompt_tokens} prompt + {report.num_generated_tokens} generated tokens; "
+        f"first token {report.ttft_ms:.0f} ms, decode {report.decode_tokens_per_s:.1f} tok/s; "
+        f"{report.num_expert_loads} expert loads ({report.num_prefetched} ahead of need; hit rate "
+        f"{report.expert_hit_rate:.0%}, {format_bytes(report.bytes_loaded)}"
+        + (f", {format_bytes(report.storage_read_bytes)} read from storage" if report.storage_read_bytes else "")
+        + f"); experts peak {format_bytes(report.peak_expert_bytes)} of "
+        f"{format_bytes(report.expert_budget_bytes)} budget; peak RSS {format_bytes(report.peak_rss_bytes)}",
+        highlight=False)
+    if report_path is not None:
+        _write_json(report_path, out, console)
+
+
+def _generate_all(console: Console, generator: Any, prompts: list[str], params: Any,
+                  max_new_tokens: int) -> tuple[list[str], Any]:
+    """Generate with a live display: one prompt on a terminal streams, otherwise a progress bar."""
     texts = [""] * len(prompts)
     streaming = len(prompts) == 1 and console.is_terminal
-    try:
-        with _progress(console, rate=True) as progress:
-            task = progress.add_task("generating", total=len(prompts) * max_new_tokens, item="", rate="")
-            started = time.perf_counter()
+    with _progress(console, rate=True) as progress:
+        task = progress.add_task("generating", total=len(prompts) * max_new_tokens, item="", rate="")
+        started = time.perf_counter()
+        if streaming:
+            progress.stop()
+            console.print(escape(printable(prompts[0])), end="", style="dim", highlight=False)
+        for event in generator.stream(prompts, params):
+            texts[event.prompt_index] += event.text
             if streaming:
-                progress.stop()
-                console.print(escape(printable(prompts[0])), end="", style="dim", highlight=False)
-            for event in generator.stream(prompts, params):
-                texts[event.prompt_index] += event.text
-                if streaming:
-                    console.print(escape(printable(event.text)), end="", highlight=False)
-                    continue
-                rate = progress.tasks[task].completed / max(time.perf_counter() - started, 1e-9)
-                progress.update(task, advance=1, rate=f"{rate:.1f} tok/s")
-    finally:
-        model.close()
+                console.print(escape(printable(event.text)), end="", highlight=False)
+                continue
+            rate = progress.tasks[task].completed / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, advance=1, rate=f"{rate:.1f} tok/s")
     if streaming:
         console.print()
     else:
         for prompt, text in zip(prompts, texts, strict=True):
             console.print(f"[dim]{escape(printable(prompt))}[/dim]{escape(printable(text))}", highlight=False)
-    report = generator.last_report
-    console.print(
-        f"{report.num_prompt_tokens} prompt + {report.num_generated_tokens} generated tokens; "
-        f"first token {report.ttft_ms:.0f} ms, decode {report.decode_tokens_per_s:.1f} tok/s; "
-        f"{report.num_expert_loads} expert loads (hit rate {report.expert_hit_rate:.0%}, "
-        f"{format_bytes(report.bytes_loaded)}); experts peak {format_bytes(report.peak_expert_bytes)} of "
-        f"{format_bytes(report.expert_budget_bytes)} budget; peak RSS {format_bytes(report.peak_rss_bytes)}",
-        highlight=False)
-    if report_path is not None:
-        _write_json(report_path, report.to_dict(), console)
+    return texts, generator.last_report
 
 
 # -- workloads ---------------------------------------------------------------------------

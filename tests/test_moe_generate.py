@@ -166,3 +166,20 @@ def test_int4_experts_are_under_a_third_of_float32_and_report_perplexity(tmp_pat
     result = Generator(MoeModel(package, MoeConfig(budget="25%"))).generate(
         prompts(2), SamplingParams(max_new_tokens=8, ignore_eos=True))
     assert all(len(ids) == 8 for ids in result.token_ids)
+
+
+@pytest.mark.parametrize("policy", ["mixtral-offload", "edgecoe"])
+def test_every_schedule_gives_the_same_tokens_within_the_budget(checkpoint_and_package, policy: str) -> None:
+    _, package, _ = checkpoint_and_package
+    base = Generator(MoeModel(package, MoeConfig(budget="25%", policy="on-demand")))
+    model = MoeModel(package, MoeConfig(budget="25%", policy=policy, preload=False))
+    generator = Generator(model)
+    texts = prompts(5)
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    assert [generator.generate([t], params).token_ids[0] for t in texts] == [
+        base.generate([t], params).token_ids[0] for t in texts]
+    assert generator.generate(texts, params).token_ids == base.generate(texts, params).token_ids
+    assert model.cache.stats.peak_bytes <= model.cache.budget_bytes
+    assert model.prefetcher.stats.num_loaded > 0  # the loader thread really fetched ahead
+    model.close()
+    model.cache.check()

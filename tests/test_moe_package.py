@@ -246,3 +246,26 @@ def test_demo_recipe_trains_deterministically_and_loads_in_transformers(tmp_path
     model = transformers.AutoModelForCausalLM.from_pretrained(hf)
     assert model.config.model_type == "mixtral" and model.config.num_local_experts == 4
     assert transformers.AutoTokenizer.from_pretrained(hf)("def f():")["input_ids"][0] == 1  # <s> prepended
+
+
+def test_generate_under_device_memory_reads_experts_from_storage_and_leaves_no_cgroup(package: Path,
+                                                                                     tmp_path: Path) -> None:
+    import os
+
+    from edgecoe.devicemem import own_memory_cgroup
+
+    out = tmp_path / "report.json"
+    before = Path("/proc/self/cgroup").read_text() if Path("/proc/self/cgroup").exists() else ""
+    result = CliRunner().invoke(main, ["generate", str(package), "--prompt", "The with statement", "--budget",
+                                       "25%", "--policy", "edgecoe", "--max-new-tokens", "8", "--ignore-eos",
+                                       "--device-memory", "auto", "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    memory = report["device_memory"]
+    assert memory["mechanism"] in ("cgroup-v1", "cgroup-v2", "fadvise")
+    assert memory["limit_bytes"] > memory["process_bytes_at_entry"] > 0
+    assert report["num_generated_tokens"] == 8 and report["peak_expert_bytes"] <= report["expert_budget_bytes"]
+    assert "storage_read_bytes" in report and report["num_expert_loads"] > 0
+    if memory["mechanism"] != "fadvise":
+        assert Path("/proc/self/cgroup").read_text() == before
+        assert not [p for p in own_memory_cgroup().path.iterdir() if p.name.startswith(f"edgecoe-{os.getpid()}-")]

@@ -248,6 +248,7 @@ class ExpertCache(Generic[H]):
         ]
         if sum(c.num_bytes for c in candidates) < num_bytes:
             return EvictResult([], 0, False)  # evict nothing rather than something useless
+        self.policy.incoming(keep)
         candidates.sort(key=lambda c: self.policy.priority(c, resident))
         evicted: list[str] = []
         freed = 0
@@ -269,6 +270,31 @@ class ExpertCache(Generic[H]):
             self._unloader(candidate.expert, cast(H, entry.handle))
             self.stats.unload_seconds += time.perf_counter() - started
         return EvictResult(evicted, freed, freed >= num_bytes)
+
+    def drop(self, experts: Iterable[str]) -> list[str]:
+        """Unload those of ``experts`` that are resident and unpinned (a schedule's explicit release).
+
+        Returns:
+            The experts unloaded.
+        """
+        dropped = []
+        with self._changed:
+            for name in experts:
+                entry = self._entries.get(name)
+                if entry is None or entry.state is not EntryState.RESIDENT or entry.pins:
+                    continue
+                del self._entries[name]
+                self._used_bytes -= entry.num_bytes
+                self.stats.num_evictions += 1
+                if self._record:
+                    self.stats.events.append(("evict", name))
+                if self._on_evict is not None:
+                    self._on_evict(name)
+                self._unloader(name, cast(H, entry.handle))
+                dropped.append(name)
+            if dropped:
+                self._changed.notify_all()
+        return dropped
 
     def preload(self, experts: Iterable[str]) -> list[str]:
         """Load ``experts`` in this order wherever they fit in free room; never evicts.

@@ -39,11 +39,19 @@ class EvictionPolicy(Protocol):
         (a trace being replayed); policies that do not look ahead ignore it."""
         ...
 
+    def incoming(self, expert: str | None) -> None:
+        """The expert room is being made for, just before candidates are ranked (None: an explicit
+        eviction). Policies that partition the budget by groups of experts (MoE layers) use it."""
+        ...
+
 
 class _NoLookahead:
     """Mixin for policies that rank by the past only."""
 
     def set_future(self, future_uses: Iterable[str]) -> None:
+        pass
+
+    def incoming(self, expert: str | None) -> None:
         pass
 
 
@@ -117,6 +125,9 @@ class BeladyPolicy:
 
     def on_use(self, expert: str) -> None:
         self.advance(expert)
+
+    def incoming(self, expert: str | None) -> None:
+        pass
 
     def advance(self, expert: str) -> None:
         """Record that ``expert`` was used now (its earliest pending use is consumed)."""

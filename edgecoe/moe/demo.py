@@ -186,3 +186,10 @@ def held_out_prompts(count: int = 20, *, chars: int = 60) -> list[str]:
     _, held_out = documentation_text()
     lines = [line.strip() for text in held_out for line in text.splitlines() if len(line.strip()) > 30]
     return [line[:chars] for line in lines[:count]]
+
+
+def calibration_prompts(count: int = 20, *, chars: int = 60) -> list[str]:
+    """``count`` prompts from the training topics: for tuning and calibration, never for reported figures."""
+    train, _ = documentation_text()
+    lines = [line.strip() for text in train[::7] for line in text.splitlines() if len(line.strip()) > 30]
+    return [line[:chars] for line in lines[:count]]

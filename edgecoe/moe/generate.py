@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecoe.devicemem import storage_read_bytes
 from edgecoe.errors import InvalidInputError
 from edgecoe.memory import rss_bytes
 from edgecoe.moe.model import MoeModel
@@ -91,6 +92,8 @@ class GenerationReport:
     expert_load_ms: float = 0.0
     peak_rss_bytes: int = 0
     rss_bytes: int = 0
+    storage_read_bytes: int | None = None  # read from storage while generating (kernel I/O accounting)
+    num_prefetched: int = 0  # expert loads the schedule's loader thread made ahead of need
     device: str = "cpu"
     policy: str = "lru"
     package: str = ""
@@ -174,6 +177,8 @@ class Generator:
         out_ids: list[list[int]] = [[] for _ in range(batch)]
 
         cache_before = _cache_counters(model)
+        read_before = storage_read_bytes()
+        prefetched_before = model.prefetcher.stats.num_loaded
         report = GenerationReport(num_prompts=batch, num_prompt_tokens=sum(len(p) for p in prompt_ids),
                                   expert_budget_bytes=model.cache.budget_bytes, device=model.config.device,
                                   policy=model.config.policy, package=model.manifest.name)
@@ -216,6 +221,10 @@ class Generator:
         report.bytes_loaded = after[2] - cache_before[2]
         report.expert_load_ms = (after[3] - cache_before[3]) * 1e3
         report.peak_expert_bytes = model.cache.stats.peak_bytes
+        read_after = storage_read_bytes()
+        if read_before is not None and read_after is not None:
+            report.storage_read_bytes = read_after - read_before
+        report.num_prefetched = model.prefetcher.stats.num_loaded - prefetched_before
         report.rss_bytes = rss_bytes()
         report.peak_rss_bytes = max(report.rss_bytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         self.last_report = report

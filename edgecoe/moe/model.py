@@ -19,23 +19,30 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from edgecoe.cache import ExpertCache, create_eviction_policy
+from edgecoe.cache import ExpertCache
 from edgecoe.config import parse_budget
-from edgecoe.errors import InvalidInputError, ProviderUnavailableError, SessionError
+from edgecoe.errors import InvalidInputError, PackageError, Problem, ProviderUnavailableError, SessionError
 from edgecoe.loaders import ExpertLoader, LoadedExpert
 from edgecoe.moe.manifest import MoeManifest, expert_name
 from edgecoe.moe.package import MoePackage
+from edgecoe.moe.prefetch import Prefetcher
+from edgecoe.moe.schedules import SCHEDULES, Phase, ScheduleContext, create_schedule
 from edgecoe.moe.weights import ExpertRunner, ExpertWeights, Placement, WeightLoader, read_exact
 from edgecoe.providers import available_providers, create_session
 
+if TYPE_CHECKING:
+    from edgecoe.devicemem import DeviceMemory
+
 logger = logging.getLogger(__name__)
 
-MOE_EVICTION_POLICIES = ("lru", "fifo")
-"""Eviction policies that need no CoE routing graph (the phase-aware ones come with their predictor)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,8 @@ class MoeConfig:
     Attributes:
         budget: bytes the resident routed experts may use: bytes, a size (``"800MB"``)
             or a share of all experts (``"25%"``); None holds every expert.
-        policy: eviction policy name (:data:`MOE_EVICTION_POLICIES`).
+        policy: expert schedule (:data:`~edgecoe.moe.schedules.SCHEDULES`): what is fetched ahead,
+            kept and dropped, and the eviction order.
         device: ``cpu``, ``cuda:N`` or ``coreml``; where the graphs run (and expert weights live).
         intra_op_threads: ONNX Runtime threads per session; 0 lets ORT decide.
         preload: fill the budget with experts at start (layer by layer, never evicting), so
@@ -53,14 +61,14 @@ class MoeConfig:
     """
 
     budget: str | int | None = None
-    policy: str = "lru"
+    policy: str = "on-demand"
     device: str = "cpu"
     intra_op_threads: int = 0
     preload: bool = True
 
     def validate(self) -> None:
-        if self.policy not in MOE_EVICTION_POLICIES:
-            raise InvalidInputError(f"policy {self.policy!r}: MoE packages take {', '.join(MOE_EVICTION_POLICIES)}")
+        if self.policy not in SCHEDULES:
+            raise InvalidInputError(f"policy {self.policy!r}: MoE packages take {', '.join(SCHEDULES)}")
         if self.device != "coreml":
             Placement(self.device)  # raises on a malformed device
         if self.intra_op_threads < 0:
@@ -174,9 +182,13 @@ class MoeModel:
         if budget < manifest.expert_bytes:
             raise InvalidInputError(f"expert budget {budget} bytes is below one expert ({manifest.expert_bytes} "
                                     "bytes); raise --budget")
+        self.schedule = create_schedule(self.config.policy, ScheduleContext(
+            num_layers=len(manifest.layers), num_experts=manifest.moe.num_experts, top_k=manifest.moe.top_k,
+            budget_experts=budget // manifest.expert_bytes, routers=[router_weights(package.path(layer.dense)) for layer in manifest.layers]))
         self.cache: ExpertCache[LoadedExpert[ExpertWeights]] = ExpertCache(
             budget_bytes=budget, loader=self._load, unloader=self.loader.unload,
-            size_of=self.loader.footprint_bytes, policy=create_eviction_policy(self.config.policy))
+            size_of=self.loader.footprint_bytes, policy=self.schedule.eviction)
+        self.prefetcher = Prefetcher(self.cache)
         self.stats = StepStats()
         if self.config.preload:
             self.preload()
@@ -233,7 +245,11 @@ class MoeModel:
         hidden = self.embed[tokens]
         cos, sin = self.rotary(positions)
         bias = self.attention_bias(mask, tokens.shape[1])
+        phase: Phase = "prefill" if tokens.shape[1] > 1 else "decode"
         for layer, session in enumerate(self.dense):
+            ahead = self.schedule.layer_start(layer, phase)
+            if ahead:
+                self.prefetcher.submit(ahead)
             started = time.perf_counter()
             try:
                 residual, moe_input, logits, key, value = session.run(None, {
@@ -244,7 +260,7 @@ class MoeModel:
             self.stats.dense_ms += (time.perf_counter() - started) * 1e3
             kv[layer] = LayerCache(key, value)
             batch, seq, width = moe_input.shape
-            routed = self.experts(layer, moe_input.reshape(-1, width), logits.reshape(batch * seq, -1))
+            routed = self.experts(layer, moe_input.reshape(-1, width), logits.reshape(batch * seq, -1), phase=phase)
             hidden = residual + routed.reshape(batch, seq, width)
         last = hidden if all_logits else hidden[:, -1:]
         try:
@@ -253,12 +269,22 @@ class MoeModel:
             raise SessionError(f"LM head failed: {exc}") from exc
         return out if all_logits else out[:, -1]
 
-    def experts(self, layer: int, x: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """The routed experts' weighted sum for rows ``x [N, H]`` with router ``logits [N, E]``."""
+    def experts(self, layer: int, x: np.ndarray, logits: np.ndarray, *, phase: Phase = "decode") -> np.ndarray:
+        """The routed experts' weighted sum for rows ``x [N, H]`` with router ``logits [N, E]``.
+
+        The schedule's prefetch for what comes next is submitted first, protecting this
+        layer's chosen experts; each chosen expert is then pinned, run, unpinned, and dropped
+        if the schedule says so.
+        """
         moe = self.manifest.moe
         chosen, weights = route(logits, top_k=moe.top_k, normalize=moe.norm_topk_prob)
         out = np.zeros_like(x)
-        for index in np.unique(chosen):
+        indices = np.unique(chosen)
+        names = [expert_name(layer, int(i)) for i in indices]
+        ahead = self.schedule.routed(layer, phase, x, chosen)
+        if ahead:
+            self.prefetcher.submit(ahead, protect=frozenset(names))
+        for index in indices:
             rows, slot = np.nonzero(chosen == index)
             name = expert_name(layer, int(index))
             started = time.perf_counter()
@@ -273,8 +299,66 @@ class MoeModel:
             self.stats.expert_ms += (time.perf_counter() - started) * 1e3
             self.stats.num_expert_runs += 1
             self.stats.experts_used[name] = self.stats.experts_used.get(name, 0) + len(rows)
+            if self.schedule.ran(layer, phase, name):
+                self.cache.drop([name])
         return out
 
     def close(self) -> None:
-        """Unload every resident expert."""
+        """Stop the prefetcher and unload every resident expert."""
+        self.prefetcher.close()
         self.cache.clear()
+
+
+
+ROUTER_INITIALIZER = "router.weight_t"
+
+
+def router_weights(path: Path) -> np.ndarray:
+    """A dense layer's router weights ``[hidden, num_experts]``, from its ONNX model's
+    ``router.weight_t`` initializer (schedules apply them to guess the next layer's experts).
+
+    Raises:
+        PackageError: the model has no such initializer.
+    """
+    from onnx import numpy_helper
+
+    from edgecoe.package.onnxmodel import read_model
+
+    for tensor in read_model(path).graph.initializer:
+        if tensor.name == ROUTER_INITIALIZER:
+            return np.ascontiguousarray(numpy_helper.to_array(tensor), dtype=np.float32)
+    raise PackageError(path.parent, [Problem(path.name, f"has no {ROUTER_INITIALIZER!r} initializer (the router)")])
+
+
+@contextmanager
+def moe_under_device_memory(package: MoePackage, config: MoeConfig,
+                            device_memory: int | Literal["auto"]) -> Iterator[tuple[MoeModel, DeviceMemory]]:
+    """An :class:`MoeModel` serving under a device memory limit that counts the page cache.
+
+    The model (dense parts, sessions) is built first; then every expert file's cached pages are
+    dropped and the process moves under the limit (see :func:`edgecoe.devicemem.limit_device_memory`),
+    so each expert load reads storage as on a device whose memory holds only the budget. ``auto``:
+    the expert budget plus what the process holds once the dense parts are loaded, plus
+    :data:`~edgecoe.devicemem.IN_FLIGHT_ALLOWANCE_BYTES`. Preloading happens under the limit.
+
+    Raises:
+        InvalidInputError: the limit is below what the process already holds.
+    """
+    from edgecoe.devicemem import IN_FLIGHT_ALLOWANCE_BYTES, limit_device_memory
+    from edgecoe.memory import rss_bytes
+
+    model = MoeModel(package, replace(config, preload=False))
+    try:
+        limit = (device_memory if isinstance(device_memory, int)
+                 else model.cache.budget_bytes + rss_bytes() + IN_FLIGHT_ALLOWANCE_BYTES)
+        weights = model.loader
+        paths = [package.path(f) for layer in package.manifest.layers for f in layer.experts]
+        path_of = weights.path_of if isinstance(weights, WeightLoader) else None
+        with limit_device_memory(limit, paths) as device:
+            if path_of is not None:
+                model.loader = device.wrap(weights, lambda expert: [path_of(expert)])
+            if config.preload:
+                model.preload()
+            yield model, device
+    finally:
+        model.close()
