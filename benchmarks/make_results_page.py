@@ -328,6 +328,28 @@ def section_moe_quantize() -> list[str]:
     return [*lines, ""]
 
 
+def section_moe_predictors() -> list[str]:
+    lines, data = _section(
+        "moe/predictors_moe_tiny.json", "MoE next-layer expert predictors: moe-tiny",
+        "python benchmarks/moe_predictors.py --package models/moe-tiny "
+        "--json benchmarks/results/moe/predictors_moe_tiny.json",
+        "Trained on the routing traces of 40 calibration prompts (training topics), measured on 20 held-out "
+        "prompts x 32 greedy tokens: of the experts layer l+1 chose, the share in the predictor's top n "
+        "(recall), and of its top n, the share chosen (precision).")
+    if data is None:
+        return lines
+    top_n = data["top_n"]  # type: ignore[index]
+    lines += ["| predictor | " + " | ".join(f"recall@{n} | precision@{n}" for n in top_n) + " |",  # type: ignore[union-attr]
+              "|---|" + "---|---|" * len(top_n)]  # type: ignore[arg-type]
+    for name, by_n in data["quality"].items():  # type: ignore[union-attr]
+        cells = " | ".join(f"{by_n[str(n)]['recall']:.1%} | {by_n[str(n)]['precision']:.1%}" for n in top_n)  # type: ignore[union-attr]
+        lines.append(f"| {name} | {cells} |")
+    recall = data["quality"]["learned"][str(top_n[-1])]["recall"]  # type: ignore[index]
+    lines += ["", f"Target: the top 2 x top-k recall >= 85 % of the experts activated on held-out prompts: learned "
+                  f"{recall:.1%}, {_verdict(recall >= 0.85)}."]
+    return [*lines, ""]
+
+
 def render() -> str:
     lines = [
         "# Measured results",
@@ -388,6 +410,7 @@ def render() -> str:
         "12 layers x 8 experts of 25.2 MB (2.4 GB of experts, seeded random weights); same protocol. Expert files "
         "are in the page cache (24 GiB here): a load is a memory copy, not a storage read.")
     lines += section_moe_quantize()
+    lines += section_moe_predictors()
     lines += section_expert_exec(
         "moe/expert_exec_large.json", "Running an expert: moe-large shape (hidden 1024, FFN 2048)",
         "python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 --repeat 3 "

@@ -495,6 +495,81 @@ def _generate_all(console: Console, generator: Any, prompts: list[str], params: 
     return texts, generator.last_report
 
 
+@main.command(epilog=_epilog("edgecoe trace models/moe-tiny --prompts calibration.txt -o calibration.npz"))
+@click.argument("package", type=PACKAGE)
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Prompts to trace, one per line (a calibration set: keep the prompts you report on apart).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Trace file to write (.npz).")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Greedy tokens generated per prompt.")
+@_errors_are_one_line
+def trace(package: Path, prompts_file: Path, output: Path, max_new_tokens: int) -> None:
+    """Record an MoE package's routing at every decode step over a set of prompts (for predictors)."""
+    from edgecoe.moe.generate import read_prompts
+    from edgecoe.moe.model import MoeConfig, MoeModel
+    from edgecoe.moe.package import load_moe_package
+    from edgecoe.moe.trace import record_trace
+
+    _check_json_path(output, "--output")
+    prompts = read_prompts(prompts_file)
+    console = _console()
+    model = MoeModel(load_moe_package(package), MoeConfig())
+    try:
+        with console.status(f"tracing {len(prompts)} prompts x {max_new_tokens} tokens"):
+            recorded = record_trace(model, prompts, max_new_tokens=max_new_tokens)
+    finally:
+        model.close()
+    recorded.save(output)
+    console.print(f"wrote {escape(str(output))}: {len(recorded.layer)} routing records from {len(prompts)} prompts")
+
+
+@main.group()
+def predictor() -> None:
+    """Train the next-layer expert predictor an MoE package ships."""
+
+
+@predictor.command("train", epilog=_epilog(
+    "edgecoe predictor train calibration.npz --eval held-out.npz --package models/moe-tiny"))
+@click.argument("trace_path", metavar="TRACE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--eval", "eval_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trace of other prompts, to measure every predictor on (never trained on).")
+@click.option("--package", "package_path", required=True, type=PACKAGE,
+              help="The MoE package traced; the learned predictor is installed into it.")
+@click.option("--no-install", is_flag=True, help="Compare the predictors only; leave the package as it is.")
+@_json_option("each predictor's recall and precision")
+@_errors_are_one_line
+def predictor_train(trace_path: Path, eval_path: Path, package_path: Path, no_install: bool,
+                    json_path: Path | None) -> None:
+    """Train predictors on TRACE, compare them on --eval, and install the learned one into --package."""
+    from rich.table import Table
+
+    from edgecoe.moe.package import load_moe_package
+    from edgecoe.moe.predictors import compare_predictors, install_predictor
+    from edgecoe.moe.trace import RoutingTrace
+
+    _check_json_path(json_path)
+    package = load_moe_package(package_path)
+    console = _console(to_stderr=json_path is not None and str(json_path) == "-")
+    result = compare_predictors(package, RoutingTrace.load(trace_path), RoutingTrace.load(eval_path))
+    table = Table(title=f"next-layer experts on {escape(eval_path.name)} (held out)")
+    table.add_column("predictor")
+    for n in result.top_n:
+        table.add_column(f"recall@{n}", justify="right")
+        table.add_column(f"precision@{n}", justify="right")
+    for name, quality in result.quality.items():
+        table.add_row(name, *(f"{q:.1%}" for n in result.top_n for q in (quality[n].recall, quality[n].precision)))
+    console.print(table)
+    if not no_install:
+        learned = result.quality["learned"]
+        install_predictor(package_path, result.weights, trained_on=trace_path.name,
+                          recall={str(n): learned[n].recall for n in result.top_n},
+                          precision={str(n): learned[n].precision for n in result.top_n})
+        console.print(f"installed the learned predictor into {escape(str(package_path))}")
+    if json_path is not None:
+        _write_json(json_path, result.to_dict(), console)
+
+
 # -- workloads ---------------------------------------------------------------------------
 @main.group()
 def workload() -> None:

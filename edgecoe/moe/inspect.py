@@ -29,6 +29,7 @@ def moe_summary(pkg: MoePackage) -> dict[str, object]:
         "dense_bytes": m.embed.file.bytes + m.head.bytes + sum(layer.dense.bytes for layer in m.layers),
         "total_bytes": sum(f.bytes for f in m.files()),
         "quantization": quant.model_dump() if quant is not None else None,
+        "predictor": m.predictor.model_dump() if m.predictor is not None else None,
         "tokenizer_files": [f.path for f in m.tokenizer],
         "source": m.source,
     }
@@ -66,5 +67,9 @@ def render_moe_summary(pkg: MoePackage, console: Console) -> None:
         console.print(f"int{quant.bits} experts: perplexity {quant.perplexity:.3f} vs {quant.perplexity_float32:.3f} "
                       f"in float32 ({quant.perplexity / quant.perplexity_float32 - 1:+.2%}) on "
                       f"{quant.held_out_tokens} held-out tokens")
+    if m.predictor is not None:
+        recall = ", ".join(f"top-{n} {r:.1%}" for n, r in m.predictor.recall.items())
+        console.print(f"next-layer predictor: {m.predictor.kind}, trained on {shown(m.predictor.trained_on)}; "
+                      f"held-out recall {recall}")
     eos = ", ".join(str(t) for t in m.model.eos_token_ids) or "none"
     console.print(f"tokenizer: {shown(', '.join(f.path for f in m.tokenizer))}; stop tokens {eos}")

@@ -141,6 +141,22 @@ class Quantization(StrictModel):
     perplexity: float | None = None
 
 
+class PredictorRecord(StrictModel):
+    """A trained next-layer expert predictor shipped in the package (plain float32 arrays).
+
+    ``linear``: per layer l (0 .. num_layers - 2), weights ``[features, num_experts]`` over the
+    features [routed-expert input (hidden), layer l's choices (multi-hot), layer l+1's
+    previous-token choices (multi-hot), 1]; layer l+1's scores are features @ weights.
+    """
+
+    kind: Literal["linear"]
+    file: FileRecord
+    shape: list[int] = Field(min_length=3, max_length=3)
+    trained_on: str = ""
+    recall: dict[str, float] = Field(default_factory=dict, description="top-n -> recall on held-out prompts")
+    precision: dict[str, float] = Field(default_factory=dict)
+
+
 class LayerRecord(StrictModel):
     """One decoder layer: its dense ONNX model and one weight file per routed expert."""
 
@@ -174,6 +190,7 @@ class MoeManifest(StrictModel):
     head: FileRecord
     expert_format: ExpertFormat
     quantization: Quantization | None = None
+    predictor: PredictorRecord | None = None
     source: str = Field(default="", description="where the checkpoint came from (informational)")
 
     @model_validator(mode="after")
@@ -192,6 +209,11 @@ class MoeManifest(StrictModel):
             raise ValueError(f"expert files {odd[:3]} are not expert_format's {size} bytes")
         if (self.quantization is None) != (self.expert_format.dtype == "float32"):
             raise ValueError(f"quantization record and expert_format.dtype={self.expert_format.dtype} disagree")
+        if self.predictor is not None:
+            want = [self.model.num_layers, self.model.hidden_size + 2 * self.moe.num_experts + 1, self.moe.num_experts]
+            if self.predictor.shape != want or self.predictor.file.bytes != 4 * want[0] * want[1] * want[2]:
+                raise ValueError(f"predictor.shape={self.predictor.shape} ({self.predictor.file.bytes} bytes) is not "
+                                 f"{want} float32")
         return self
 
     def expert_names(self) -> list[str]:
@@ -201,7 +223,8 @@ class MoeManifest(StrictModel):
     def files(self) -> list[FileRecord]:
         """Every file of the package, the manifest excepted."""
         return [*self.tokenizer, self.embed.file, self.head,
-                *(f for layer in self.layers for f in (layer.dense, *layer.experts))]
+                *(f for layer in self.layers for f in (layer.dense, *layer.experts)),
+                *([self.predictor.file] if self.predictor is not None else [])]
 
     @property
     def expert_bytes(self) -> int:

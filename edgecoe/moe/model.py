@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ from edgecoe.errors import InvalidInputError, PackageError, Problem, ProviderUna
 from edgecoe.loaders import ExpertLoader, LoadedExpert
 from edgecoe.moe.manifest import MoeManifest, expert_name
 from edgecoe.moe.package import MoePackage
+from edgecoe.moe.predictors import package_predictor
 from edgecoe.moe.prefetch import Prefetcher
 from edgecoe.moe.schedules import SCHEDULES, Phase, ScheduleContext, create_schedule
 from edgecoe.moe.weights import ExpertRunner, ExpertWeights, Placement, WeightLoader, read_exact
@@ -98,6 +99,10 @@ def providers_for(device: str, *, available: list[str] | None = None) -> list[tu
 def placement_for(device: str) -> Placement:
     """Where expert weights live for ``device``: on a CUDA device, else in host memory."""
     return Placement(device) if device.startswith("cuda") else Placement("cpu")
+
+
+Observer = Callable[[int, Phase, np.ndarray, np.ndarray], None]
+"""Called with (layer, phase, routed-expert input ``[N, H]``, chosen experts ``[N, top_k]``) at each routing."""
 
 
 @dataclass
@@ -184,12 +189,15 @@ class MoeModel:
                                     "bytes); raise --budget")
         self.schedule = create_schedule(self.config.policy, ScheduleContext(
             num_layers=len(manifest.layers), num_experts=manifest.moe.num_experts, top_k=manifest.moe.top_k,
-            budget_experts=budget // manifest.expert_bytes, routers=[router_weights(package.path(layer.dense)) for layer in manifest.layers]))
+            budget_experts=budget // manifest.expert_bytes,
+            routers=[router_weights(package.path(layer.dense)) for layer in manifest.layers],
+            predictor=package_predictor(package)))
         self.cache: ExpertCache[LoadedExpert[ExpertWeights]] = ExpertCache(
             budget_bytes=budget, loader=self._load, unloader=self.loader.unload,
             size_of=self.loader.footprint_bytes, policy=self.schedule.eviction)
         self.prefetcher = Prefetcher(self.cache)
         self.stats = StepStats()
+        self.observer: Observer | None = None  # sees every routing decision (traces)
         if self.config.preload:
             self.preload()
         self._inv_freq = 1.0 / (np.float32(self.shape.rope_theta) ** (
@@ -281,6 +289,8 @@ class MoeModel:
         out = np.zeros_like(x)
         indices = np.unique(chosen)
         names = [expert_name(layer, int(i)) for i in indices]
+        if self.observer is not None:
+            self.observer(layer, phase, x, chosen)
         ahead = self.schedule.routed(layer, phase, x, chosen)
         if ahead:
             self.prefetcher.submit(ahead, protect=frozenset(names))

@@ -14,8 +14,9 @@ eviction policy it ranks residents by. Chosen by name (:func:`create_schedule`):
   experts stream in while the previous layer's experts run, and each is dropped
   once it has run, so about a layer and a half is resident; in decode, the
   budget is split across layers and each layer's residents are ranked by a
-  prediction for the next token: the speculative router's probability plus a
-  bonus for the experts the layer used last token (routing is sticky: on the
+  prediction for the next token: the package's trained predictor
+  (:mod:`edgecoe.moe.predictors`) where it ships one, else the speculative
+  router's probability plus a bonus for the experts the layer used last token (routing is sticky: on the
   demo models the last token's experts recall 50-87 % of the next token's, the
   speculative router's top-k 67-69 %). The next layer's predicted experts are
   fetched only where they outrank a resident, so a guess never displaces a
@@ -44,6 +45,7 @@ class ScheduleContext:
         num_layers / num_experts / top_k: the MoE shape.
         budget_experts: how many routed experts the budget holds.
         routers: each layer's router weights, ``[hidden, num_experts]`` (logits = x @ router).
+        predictor: the package's trained next-layer predictor weights, if it ships one.
     """
 
     num_layers: int
@@ -51,6 +53,7 @@ class ScheduleContext:
     top_k: int
     budget_experts: int
     routers: list[np.ndarray] = field(repr=False)
+    predictor: np.ndarray | None = field(default=None, repr=False)
 
 
 class ExpertSchedule(Protocol):
@@ -202,9 +205,15 @@ class PhaseAware:
         nxt = layer + 1
         if nxt >= self.context.num_layers:
             return []
-        value = speculative_probs(self.context, layer, moe_input)
-        for e in self.last_used.get(nxt, ()):
-            value[e] += STICKY_BONUS
+        previous = self.last_used.get(nxt, frozenset())
+        if self.context.predictor is not None:
+            from edgecoe.moe.predictors import predict_next
+
+            value = predict_next(self.context.predictor, layer, moe_input, chosen, previous)
+        else:
+            value = speculative_probs(self.context, layer, moe_input)
+            for e in previous:
+                value[e] += STICKY_BONUS
         names = [expert_name(nxt, e) for e in range(self.context.num_experts)]
         self.policy.scores.update(zip(names, value.tolist(), strict=True))
         # fetch the layer's best `quota`: those already resident are skipped by the prefetcher,
