@@ -43,6 +43,8 @@ run quantize python benchmarks/moe_quantize.py --checkpoint models/moe-tiny-hf -
     --json "$results/moe/quantize_moe_tiny.json"
 run predictors python benchmarks/moe_predictors.py --package models/moe-tiny \
     --json "$results/moe/predictors_moe_tiny.json"
+run schedules python benchmarks/moe_schedules.py --package models/moe-large --budget 25% --prompts 8 \
+    --new-tokens 24 --repeat 3 --json "$results/moe/schedules_moe_large.json"
 run expert-exec-large python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 \
     --repeat 3 --json "$results/moe/expert_exec_large.json"
 run expert-exec-tiny python benchmarks/moe_expert_exec.py --hidden 128 --intermediate 256 --experts 8 \

@@ -114,3 +114,33 @@ def test_cli_traces_trains_installs_and_generation_uses_the_predictor(exported: 
     (package / "predictor" / "linear.bin").write_bytes(b"\0" * 8)
     with pytest.raises(PackageError, match="predictor"):
         load_moe_package(package)
+
+
+def test_the_chosen_linear_predictor_is_at_least_as_good_as_sticky_on_sticky_routing() -> None:
+    from edgecoe.moe.predictors import choose_linear, sticky
+
+    rng = np.random.default_rng(5)
+    rows: dict[str, list] = {k: [] for k in ("prompt", "step", "layer", "chosen", "hidden")}
+    for p in range(10):
+        current = [sorted(rng.choice(8, 2, replace=False).tolist()) for _ in range(3)]
+        for s in range(20):
+            for la in range(3):
+                if rng.random() < 0.15:  # mostly the same experts as the previous token
+                    current[la] = sorted(rng.choice(8, 2, replace=False).tolist())
+                rows["prompt"].append(p)
+                rows["step"].append(s)
+                rows["layer"].append(la)
+                rows["chosen"].append(current[la])
+                rows["hidden"].append(rng.standard_normal(64))
+    trace = RoutingTrace(*(np.array(rows[k]) for k in ("prompt", "step", "layer", "chosen")),
+                         np.array(rows["hidden"], np.float16), 8)
+    train, test = pairs(_subset_prompts(trace, 0, 6)), pairs(_subset_prompts(trace, 6, 10))
+    learned = evaluate(linear(choose_linear(_subset_prompts(trace, 0, 6), 3, 8, 2), 8), test, 2).recall
+    assert learned >= evaluate(sticky(train, 3, 8), test, 2).recall - 0.02
+    assert learned > 0.7
+
+
+def _subset_prompts(trace: RoutingTrace, first: int, last: int) -> RoutingTrace:
+    rows = (trace.prompt >= first) & (trace.prompt < last)
+    return RoutingTrace(trace.prompt[rows], trace.step[rows], trace.layer[rows], trace.chosen[rows],
+                        trace.hidden[rows], trace.num_experts)

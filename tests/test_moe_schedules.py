@@ -142,3 +142,17 @@ def test_phase_aware_streams_layers_in_prefill_and_keeps_sticky_experts_in_decod
     schedule.routed(1, "decode", x, np.array([[5, 6]]))  # layer 1 used 5 and 6 this token
     picks = schedule.routed(0, "decode", x, np.array([[0, 1]]))  # next token, layer 0: predict layer 1
     assert schedule.quota == 2 and picks == ["L001.E005", "L001.E006"]
+
+
+def test_phase_aware_fetches_a_guess_only_where_it_clearly_outranks_a_resident() -> None:
+    from edgecoe.moe.schedules import FETCH_MARGIN
+
+    context = _context(budget=6)  # two experts per layer
+    schedule = PhaseAware(context)
+    x = np.zeros((1, 4), np.float32)  # speculative probabilities all 1/8
+    schedule.routed(1, "decode", x, np.array([[5, 6]]))  # layer 1 used 5 and 6 last token
+    # 5 and 6 resident: every other expert is no likelier, so nothing is fetched
+    assert schedule.routed(0, "decode", x, np.array([[0, 1]]), {"L001.E005", "L001.E006"}) == []
+    # 3 and 4 resident (say, from an older token): 5 and 6 outrank them by the sticky bonus
+    picks = schedule.routed(0, "decode", x, np.array([[0, 1]]), {"L001.E003", "L001.E004"})
+    assert FETCH_MARGIN <= 0.25 and picks == ["L001.E005", "L001.E006"]

@@ -291,7 +291,7 @@ class MoeModel:
         names = [expert_name(layer, int(i)) for i in indices]
         if self.observer is not None:
             self.observer(layer, phase, x, chosen)
-        ahead = self.schedule.routed(layer, phase, x, chosen)
+        ahead = self.schedule.routed(layer, phase, x, chosen, self.cache.members())
         if ahead:
             self.prefetcher.submit(ahead, protect=frozenset(names))
         for index in indices:

@@ -111,8 +111,12 @@ def features(p: Pairs, num_experts: int) -> np.ndarray:
 
 
 def train_linear(train: Pairs, num_layers: int, num_experts: int, *, steps: int = 300, lr: float = 0.05,
-                 l2: float = 1e-4) -> np.ndarray:
-    """Per-layer softmax-regression weights ``[num_layers, features, E]`` (Adam, full batch, seeded zero init)."""
+                 l2: float = 1e-4, use_hidden: bool = True) -> np.ndarray:
+    """Per-layer softmax-regression weights ``[num_layers, features, E]`` (Adam, full batch, zero init).
+
+    ``use_hidden=False`` keeps the hidden-state weights at zero: a model of choices alone (transitions,
+    stickiness, popularity), which generalizes better where the traces are small next to the hidden size.
+    """
     dim = train.hidden.shape[1] + 2 * num_experts + 1
     weights = np.zeros((num_layers, dim, num_experts), np.float32)
     for la in range(num_layers):
@@ -122,6 +126,8 @@ def train_linear(train: Pairs, num_layers: int, num_experts: int, *, steps: int 
         subset = Pairs(train.layer[rows], train.hidden[rows], train.chosen[rows], train.previous[rows],
                        train.target[rows])
         x = features(subset, num_experts)
+        if not use_hidden:
+            x[:, :train.hidden.shape[1]] = 0.0
         scale = np.abs(x).max(axis=0) + 1e-6  # fold a per-feature scale into the weights afterwards
         x = x / scale
         y = _multi_hot(subset.target, num_experts)
@@ -263,7 +269,7 @@ def compare_predictors(package: MoePackage, train_trace: RoutingTrace, eval_trac
     train, test = pairs(train_trace), pairs(eval_trace)
     if not len(train.layer) or not len(test.layer):
         raise InvalidInputError("a trace holds no consecutive layers to learn or measure from")
-    weights = train_linear(train, layers, experts)
+    weights = choose_linear(train_trace, layers, experts, 2 * top_k)
     routers = [router_weights(package.path(layer.dense)) for layer in manifest.layers]
     scorers: dict[str, Scorer] = {
         "popularity": popularity(train, layers, experts), "sticky": sticky(train, layers, experts),
@@ -273,3 +279,49 @@ def compare_predictors(package: MoePackage, train_trace: RoutingTrace, eval_trac
     quality = {name: {n: evaluate(scorer, test, n) for n in top_n} for name, scorer in scorers.items()}
     return Comparison(top_n=top_n, quality=quality, weights=weights, num_train_pairs=len(train.layer),
                       num_eval_pairs=len(test.layer))
+
+
+def sticky_linear(train: Pairs, num_layers: int, num_experts: int, hidden_size: int) -> np.ndarray:
+    """The sticky predictor as linear weights: the previous token's experts first, then popularity."""
+    counts = np.ones((num_layers, num_experts), np.float32)
+    for la, target in zip(train.layer, train.target, strict=True):
+        counts[la, target] += 1
+    weights = np.zeros((num_layers, hidden_size + 2 * num_experts + 1, num_experts), np.float32)
+    previous = hidden_size + num_experts
+    for la in range(num_layers):
+        weights[la, previous:previous + num_experts] = 10.0 * np.eye(num_experts, dtype=np.float32)
+        weights[la, -1] = np.log(counts[la] / counts[la].sum())
+    return weights
+
+
+Fitter = Callable[[Pairs], np.ndarray]
+
+
+def choose_linear(trace: RoutingTrace, num_layers: int, num_experts: int, n: int) -> np.ndarray:
+    """The learned predictor: a softmax regression with hidden-state features, one without, or the
+    sticky rule in the same linear form, whichever recalls most of a validation split of ``trace``
+    (its last fifth of prompts); then fitted on all of it."""
+    hidden_size = trace.hidden.shape[1]
+    fitters: dict[str, Fitter] = {
+        "hidden": lambda p: train_linear(p, num_layers, num_experts, use_hidden=True),
+        "choices": lambda p: train_linear(p, num_layers, num_experts, use_hidden=False),
+        "sticky": lambda p: sticky_linear(p, num_layers, num_experts, hidden_size),
+    }
+    prompts = np.unique(trace.prompt)
+    best = "hidden"
+    if len(prompts) >= 5:
+        cut = prompts[int(len(prompts) * 0.8)]
+        fit = pairs(_subset(trace, trace.prompt < cut))
+        check = pairs(_subset(trace, trace.prompt >= cut))
+        if len(fit.layer) and len(check.layer):
+            recall = {name: evaluate(linear(fitter(fit), num_experts), check, n).recall
+                      for name, fitter in fitters.items()}
+            best = max(recall, key=lambda name: recall[name])
+    return fitters[best](pairs(trace))
+
+
+def _subset(trace: RoutingTrace, rows: np.ndarray) -> RoutingTrace:
+    from edgecoe.moe.trace import RoutingTrace as Trace
+
+    return Trace(prompt=trace.prompt[rows], step=trace.step[rows], layer=trace.layer[rows],
+                 chosen=trace.chosen[rows], hidden=trace.hidden[rows], num_experts=trace.num_experts)

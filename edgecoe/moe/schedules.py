@@ -25,7 +25,7 @@ eviction policy it ranks residents by. Chosen by name (:func:`create_schedule`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -64,8 +64,10 @@ class ExpertSchedule(Protocol):
         """Experts to fetch while layer ``layer``'s dense part computes."""
         ...
 
-    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray) -> list[str]:
-        """Experts to fetch while layer ``layer``'s chosen experts run (``chosen`` ``[N, top_k]``)."""
+    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray,
+               resident: Container[str] = frozenset()) -> list[str]:
+        """Experts to fetch while layer ``layer``'s chosen experts run (``chosen`` ``[N, top_k]``);
+        ``resident``: the experts resident (or being loaded) now."""
         ...
 
     def ran(self, layer: int, phase: Phase, expert: str) -> bool:
@@ -84,7 +86,8 @@ class OnDemand:
     def layer_start(self, layer: int, phase: Phase) -> list[str]:
         return []
 
-    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray) -> list[str]:
+    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray,
+               resident: Container[str] = frozenset()) -> list[str]:
         return []
 
     def ran(self, layer: int, phase: Phase, expert: str) -> bool:
@@ -163,7 +166,8 @@ class MixtralOffload:
     def layer_start(self, layer: int, phase: Phase) -> list[str]:
         return []
 
-    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray) -> list[str]:
+    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray,
+               resident: Container[str] = frozenset()) -> list[str]:
         return speculate(self.context, layer, moe_input, min(self.context.top_k, self.quota))
 
     def ran(self, layer: int, phase: Phase, expert: str) -> bool:
@@ -191,7 +195,8 @@ class PhaseAware:
             return []
         return [expert_name(layer, e) for e in range(self.context.num_experts)]
 
-    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray) -> list[str]:
+    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray,
+               resident: Container[str] = frozenset()) -> list[str]:
         if phase == "prefill":
             # this layer's chosen experts not loaded yet come first; the next layer streams in
             # behind them as this layer's experts are dropped once run (see ran)
@@ -216,10 +221,18 @@ class PhaseAware:
                 value[e] += STICKY_BONUS
         names = [expert_name(nxt, e) for e in range(self.context.num_experts)]
         self.policy.scores.update(zip(names, value.tolist(), strict=True))
-        # fetch the layer's best `quota`: those already resident are skipped by the prefetcher,
-        # and a load evicts this layer's lowest-valued resident, never a likelier one
-        best = np.argsort(-value, kind="stable")[:self.quota]
-        return [names[int(e)] for e in best]
+        # Fetch among the layer's best `quota` only what is clearly likelier than the resident it
+        # would displace (a load then evicts the lowest-valued resident of this layer): a wrong
+        # guess costs two loads, the guess and the reload of what it displaced.
+        held = [e for e, name in enumerate(names) if name in resident]
+        floor = min((value[e] for e in held), default=-np.inf) if len(held) >= self.quota else -np.inf
+        picks: list[str] = []
+        for e in np.argsort(-value, kind="stable")[:self.quota]:
+            if names[int(e)] in resident:
+                continue
+            if len(held) + len(picks) < self.quota or value[int(e)] >= floor + FETCH_MARGIN:
+                picks.append(names[int(e)])
+        return picks
 
     def ran(self, layer: int, phase: Phase, expert: str) -> bool:
         return phase == "prefill"
@@ -227,6 +240,9 @@ class PhaseAware:
 
 STICKY_BONUS = 0.25
 """Added to a next-layer expert's predicted probability when that layer used it last token."""
+
+FETCH_MARGIN = 0.25
+"""How much likelier (in predicted probability) a guess must be than the resident it displaces."""
 
 
 ScheduleFactory = Callable[[ScheduleContext], ExpertSchedule]
