@@ -105,9 +105,9 @@ def test_layer_quota_evicts_within_the_incoming_layer_first() -> None:
 
 def _context(num_layers: int = 3, num_experts: int = 8, budget: int = 6) -> ScheduleContext:
     rng = np.random.default_rng(0)
+    routers = [rng.standard_normal((4, num_experts)).astype(np.float32) for _ in range(num_layers)]
     return ScheduleContext(num_layers=num_layers, num_experts=num_experts, top_k=2, budget_experts=budget,
-                           routers=[rng.standard_normal((4, num_experts)).astype(np.float32)
-                                    for _ in range(num_layers)])
+                           load_routers=lambda: routers)
 
 
 def test_schedules_are_chosen_by_name() -> None:

@@ -144,6 +144,10 @@ class ExpertCache(Generic[H]):
         with self._lock:
             return expert in self._entries
 
+    def __contains__(self, expert: object) -> bool:
+        """``expert in cache``: :meth:`contains`, so the cache is a live view of what is resident."""
+        return isinstance(expert, str) and self.contains(expert)
+
     def pins(self, expert: str) -> int:
         with self._lock:
             entry = self._entries.get(expert)

@@ -9,11 +9,13 @@ package atomically after it loads as valid.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 import edgecoe
 from edgecoe.errors import ExportError
@@ -78,8 +80,6 @@ def export_moe(checkpoint: str | Path, dest: str | Path, *, name: str | None = N
     root = Path(checkpoint)
     dest = Path(dest)
     name = name or dest.name
-    import re
-
     if not re.match(SAFE_NAME_PATTERN, name):
         raise ExportError(f"package name {name!r} must match {SAFE_NAME_PATTERN}")
     if dtype not in ("float32", "int8", "int4"):
@@ -127,7 +127,7 @@ def export_moe(checkpoint: str | Path, dest: str | Path, *, name: str | None = N
                                                 block_size=block_size, eval_text=eval_text, progress=report)
             quantization = manifest.quantization
         report("verify", total_steps, total_steps)
-        path = writer.commit(manifest, validate=lambda r: load_moe_package(r, verify="full"))  # type: ignore[arg-type]
+        path = writer.commit(manifest, validate=lambda r: load_moe_package(r, verify="full"))
     return MoeExportReport(package=path, architecture=arch.name, num_layers=shape.num_layers,
                            num_experts=moe.num_experts, expert_bytes=manifest.expert_bytes,
                            total_bytes=sum(f.bytes for f in manifest.files()), quantization=quantization)
@@ -160,7 +160,8 @@ def _with_generation_eos(shape: ModelShape, root: Path) -> ModelShape:
     return shape.model_copy(update={"eos_token_ids": list(ids)})
 
 
-def _dense(ckpt: SafetensorsCheckpoint, arch: Architecture, shape: ModelShape, moe: MoeShape, i: int):  # type: ignore[no-untyped-def]
+def _dense(ckpt: SafetensorsCheckpoint, arch: Architecture, shape: ModelShape, moe: MoeShape,
+           i: int) -> onnx.ModelProto:
     names = arch.layer(i)
     h, d = shape.hidden_size, shape.head_dim
     q_rows, kv_rows = shape.num_heads * d, shape.num_kv_heads * d

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgecoe.devicemem import storage_read_bytes
+from edgecoe.engine import CacheTotals
 from edgecoe.errors import InvalidInputError
 from edgecoe.memory import rss_bytes
 from edgecoe.moe.model import MoeModel
@@ -176,9 +177,8 @@ class Generator:
         texts = [""] * batch
         out_ids: list[list[int]] = [[] for _ in range(batch)]
 
-        cache_before = _cache_counters(model)
+        cache_before = _cache_totals(model)
         read_before = storage_read_bytes()
-        prefetched_before = model.prefetcher.stats.num_loaded
         report = GenerationReport(num_prompts=batch, num_prompt_tokens=sum(len(p) for p in prompt_ids),
                                   expert_budget_bytes=model.cache.budget_bytes, device=model.config.device,
                                   policy=model.config.policy, package=model.manifest.name)
@@ -214,17 +214,16 @@ class Generator:
         report.ttft_ms = (first_token_at - started) * 1e3
         report.e2e_ms = (ended - started) * 1e3
         report.decode_tokens_per_s = decoded / (ended - first_token_at) if decoded > 0 and ended > first_token_at else 0.0
-        after = _cache_counters(model)
-        hits, misses = after[0] - cache_before[0], after[1] - cache_before[1]
-        report.num_expert_loads = misses
-        report.expert_hit_rate = hits / (hits + misses) if hits + misses else 1.0
-        report.bytes_loaded = after[2] - cache_before[2]
-        report.expert_load_ms = (after[3] - cache_before[3]) * 1e3
+        counted = _cache_totals(model) - cache_before
+        report.num_expert_loads = counted.misses
+        report.expert_hit_rate = counted.hits / (counted.hits + counted.misses) if counted.hits + counted.misses else 1.0
+        report.bytes_loaded = counted.bytes_loaded
+        report.expert_load_ms = counted.load_seconds * 1e3
+        report.num_prefetched = counted.prefetches
         report.peak_expert_bytes = model.cache.stats.peak_bytes
         read_after = storage_read_bytes()
         if read_before is not None and read_after is not None:
             report.storage_read_bytes = read_after - read_before
-        report.num_prefetched = model.prefetcher.stats.num_loaded - prefetched_before
         report.rss_bytes = rss_bytes()
         report.peak_rss_bytes = max(report.rss_bytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         self.last_report = report
@@ -267,9 +266,12 @@ class Generator:
         return int(rng.choice(len(probs), p=probs))
 
 
-def _cache_counters(model: MoeModel) -> tuple[int, int, int, float]:
+def _cache_totals(model: MoeModel) -> CacheTotals:
+    """The expert cache's counters now, in the engine's form (a report takes differences)."""
     stats = model.cache.stats
-    return stats.num_hits, stats.num_misses, stats.bytes_loaded, stats.load_seconds
+    return CacheTotals(misses=stats.num_misses, hits=stats.num_hits, evictions=stats.num_evictions,
+                       bytes_loaded=stats.bytes_loaded, prefetches=model.prefetcher.stats.num_loaded,
+                       load_seconds=stats.load_seconds)
 
 
 def read_prompts(path: Path) -> list[str]:

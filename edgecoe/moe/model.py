@@ -190,7 +190,7 @@ class MoeModel:
         self.schedule = create_schedule(self.config.policy, ScheduleContext(
             num_layers=len(manifest.layers), num_experts=manifest.moe.num_experts, top_k=manifest.moe.top_k,
             budget_experts=budget // manifest.expert_bytes,
-            routers=[router_weights(package.path(layer.dense)) for layer in manifest.layers],
+            load_routers=lambda: [router_weights(package.path(layer.dense)) for layer in manifest.layers],
             predictor=package_predictor(package)))
         self.cache: ExpertCache[LoadedExpert[ExpertWeights]] = ExpertCache(
             budget_bytes=budget, loader=self._load, unloader=self.loader.unload,
@@ -291,12 +291,11 @@ class MoeModel:
         names = [expert_name(layer, int(i)) for i in indices]
         if self.observer is not None:
             self.observer(layer, phase, x, chosen)
-        ahead = self.schedule.routed(layer, phase, x, chosen, self.cache.members())
+        ahead = self.schedule.routed(layer, phase, x, chosen, self.cache)
         if ahead:
             self.prefetcher.submit(ahead, protect=frozenset(names))
-        for index in indices:
+        for index, name in zip(indices, names, strict=True):
             rows, slot = np.nonzero(chosen == index)
-            name = expert_name(layer, int(index))
             started = time.perf_counter()
             acquired = self.cache.acquire(name)
             assert acquired is not None, "acquire with wait=True always returns the expert"
@@ -317,7 +316,6 @@ class MoeModel:
         """Stop the prefetcher and unload every resident expert."""
         self.prefetcher.close()
         self.cache.clear()
-
 
 
 ROUTER_INITIALIZER = "router.weight_t"

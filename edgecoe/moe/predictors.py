@@ -71,11 +71,18 @@ def _multi_hot(choices: np.ndarray, num_experts: int) -> np.ndarray:
     return out
 
 
-def popularity(train: Pairs, num_layers: int, num_experts: int) -> Scorer:
-    counts = np.ones((num_layers, num_experts), np.float32)  # +1: never zero
+def layer_frequencies(train: Pairs, num_layers: int, num_experts: int) -> np.ndarray:
+    """How often each expert of layer l+1 was chosen, ``[num_layers, num_experts]``, rows summing to 1
+    (every count starts at one, so none is zero)."""
+    counts = np.ones((num_layers, num_experts), np.float32)
     for la, target in zip(train.layer, train.target, strict=True):
         counts[la, target] += 1
-    freq = counts / counts.sum(axis=1, keepdims=True)
+    freq: np.ndarray = counts / counts.sum(axis=1, keepdims=True)
+    return freq
+
+
+def popularity(train: Pairs, num_layers: int, num_experts: int) -> Scorer:
+    freq = layer_frequencies(train, num_layers, num_experts)
     return lambda p: freq[p.layer]
 
 
@@ -283,14 +290,12 @@ def compare_predictors(package: MoePackage, train_trace: RoutingTrace, eval_trac
 
 def sticky_linear(train: Pairs, num_layers: int, num_experts: int, hidden_size: int) -> np.ndarray:
     """The sticky predictor as linear weights: the previous token's experts first, then popularity."""
-    counts = np.ones((num_layers, num_experts), np.float32)
-    for la, target in zip(train.layer, train.target, strict=True):
-        counts[la, target] += 1
+    freq = layer_frequencies(train, num_layers, num_experts)
     weights = np.zeros((num_layers, hidden_size + 2 * num_experts + 1, num_experts), np.float32)
     previous = hidden_size + num_experts
     for la in range(num_layers):
         weights[la, previous:previous + num_experts] = 10.0 * np.eye(num_experts, dtype=np.float32)
-        weights[la, -1] = np.log(counts[la] / counts[la].sum())
+        weights[la, -1] = np.log(freq[la])
     return weights
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal, Protocol
 
 import numpy as np
@@ -44,7 +45,8 @@ class ScheduleContext:
     Attributes:
         num_layers / num_experts / top_k: the MoE shape.
         budget_experts: how many routed experts the budget holds.
-        routers: each layer's router weights, ``[hidden, num_experts]`` (logits = x @ router).
+        load_routers: reads each layer's router weights, ``[hidden, num_experts]`` (logits = x @ router);
+            called on first use of :attr:`routers` only, since on-demand never reads them.
         predictor: the package's trained next-layer predictor weights, if it ships one.
     """
 
@@ -52,8 +54,13 @@ class ScheduleContext:
     num_experts: int
     top_k: int
     budget_experts: int
-    routers: list[np.ndarray] = field(repr=False)
+    load_routers: Callable[[], list[np.ndarray]] = field(repr=False)
     predictor: np.ndarray | None = field(default=None, repr=False)
+
+    @cached_property
+    def routers(self) -> list[np.ndarray]:
+        """Each layer's router weights (parsed from the dense models on first use)."""
+        return self.load_routers()
 
 
 class ExpertSchedule(Protocol):

@@ -15,16 +15,23 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import onnx
 
 from edgecoe.errors import InvalidInputError
 from edgecoe.package.files import record_file, unsafe_path_reason
-from edgecoe.package.manifest import MANIFEST_NAME, FileRecord, Manifest
+from edgecoe.package.manifest import MANIFEST_NAME, FileRecord
 
 # Models whose protobuf would exceed this are written with external data:
 # protobuf cannot serialise messages of 2 GiB or more.
 _INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+class SerializableManifest(Protocol):
+    """A package manifest of either kind (CoE or MoE): it writes its own canonical JSON."""
+
+    def to_json(self) -> str: ...
 
 
 class PackageWriter:
@@ -103,7 +110,7 @@ class PackageWriter:
         path.write_bytes(data)
         return record_file(self.root, rel)
 
-    def commit(self, manifest: Manifest, *, validate: Callable[[Path], object] | None = None) -> Path:
+    def commit(self, manifest: SerializableManifest, *, validate: Callable[[Path], object] | None = None) -> Path:
         """Write the manifest, flush everything to disk and move the package into place.
 
         Args:
