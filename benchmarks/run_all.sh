@@ -41,8 +41,10 @@ for model in moe-tiny moe-large; do
 done
 run quantize python benchmarks/moe_quantize.py --checkpoint models/moe-tiny-hf --block-sizes 32,128 \
     --json "$results/moe/quantize_moe_tiny.json"
-run predictors python benchmarks/moe_predictors.py --package models/moe-tiny \
-    --json "$results/moe/predictors_moe_tiny.json"
+for model in moe-tiny moe-large; do
+  run "predictors-$model" python benchmarks/moe_predictors.py --package "models/$model" \
+      --json "$results/moe/predictors_${model//-/_}.json"
+done
 run schedules python benchmarks/moe_schedules.py --package models/moe-large --budget 25% --prompts 8 \
     --new-tokens 24 --repeat 3 --json "$results/moe/schedules_moe_large.json"
 run expert-exec-large python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 \

@@ -170,8 +170,8 @@ class MoeModel:
         threads = self.config.intra_op_threads
         # NOTE: spinning off. Every layer has a session and each session its own thread pool; a pool
         # that spins after its run steals the cores the next layer's pool needs. On moe-large
-        # (2 cores) decode went from 11 to 25 tokens/s with spinning off, and 3 with it on and 2
-        # threads per session.
+        # (2 cores, measured while tuning) decode went from 11 to 25 tokens/s with spinning off, and
+        # was 3 with it on and 2 threads per session.
         session_config = {"session.intra_op.allow_spinning": "0"}
         embed = manifest.embed
         self.embed = read_exact(package.path(embed.file), embed.file.bytes).view(np.float32).reshape(embed.shape)

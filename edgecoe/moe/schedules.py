@@ -17,8 +17,8 @@ eviction policy it ranks residents by. Chosen by name (:func:`create_schedule`):
   prediction for the next token: the package's trained predictor
   (:mod:`edgecoe.moe.predictors`) where it ships one, else the speculative
   router's probability plus a bonus for the experts the layer used last token (routing is sticky: on the
-  demo models the last token's experts recall 50-87 % of the next token's, the
-  speculative router's top-k 67-69 %). The next layer's predicted experts are
+  demo models the last token's experts recall 54-88 % of the next token's, the
+  speculative router's top-k 70-72 %: ``benchmarks/moe_predictors.py``). The next layer's predicted experts are
   fetched only where they outrank a resident, so a guess never displaces a
   likelier expert.
 """
