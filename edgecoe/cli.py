@@ -26,6 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import edgecoe
 from edgecoe.admission import refuse_bad_requests
 from edgecoe.errors import EdgecoeError
+from edgecoe.moe.schedules import DECODE_PREFETCH, DecodePrefetch
+from edgecoe.moe.schedules import SCHEDULES as MOE_SCHEDULES
 from edgecoe.sched.presets import ABLATION, BENCH_ENTRIES, DEFAULT_BENCH_ENTRIES, PRESETS
 from edgecoe.schema import printable
 
@@ -397,8 +399,11 @@ def _demo_package(console: Console) -> Path:
               help="Tokens to generate per prompt at most.")
 @click.option("--budget", default="100%", show_default=True,
               help="Memory for resident routed experts: bytes, a size (800MB) or a share of all experts (25%).")
-@click.option("--policy", type=click.Choice(["on-demand", "mixtral-offload", "edgecoe"]), default="on-demand",
+@click.option("--policy", type=click.Choice(list(MOE_SCHEDULES)), default="on-demand",
               show_default=True, help="Expert schedule: what is fetched ahead, kept and dropped (docs/moe.md).")
+@click.option("--decode-prefetch", type=click.Choice(list(DECODE_PREFETCH)), default="auto", show_default=True,
+              help="Whether the edgecoe schedule fetches predicted experts ahead while decoding "
+                   "(auto: on CUDA devices only, where copies overlap compute).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda:N or coreml.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0: greedy; above 0: sample (seeded by --seed).")
@@ -420,8 +425,8 @@ def _demo_package(console: Console) -> Path:
               metavar="PATH", help="Write the run's figures as JSON ('-': standard output).")
 @_errors_are_one_line
 def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
-             budget: str, policy: str, device: str, temperature: float, top_k: int, top_p: float, seed: int,
-             stop_tokens: tuple[int, ...], ignore_eos: bool, threads: int, preload: bool,
+             budget: str, policy: str, decode_prefetch: DecodePrefetch, device: str, temperature: float, top_k: int,
+             top_p: float, seed: int, stop_tokens: tuple[int, ...], ignore_eos: bool, threads: int, preload: bool,
              device_memory: str | None, report_path: Path | None) -> None:
     """Generate text from an MoE package, streaming tokens, with routed experts held within --budget."""
     from edgecoe.moe.generate import Generator, SamplingParams, read_prompts
@@ -440,7 +445,8 @@ def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | 
                             seed=seed, stop_token_ids=stop_tokens, ignore_eos=ignore_eos)
     params.validate()
     console = _console(to_stderr=report_path is not None and str(report_path) == "-")
-    config = MoeConfig(budget=budget, policy=policy, device=device, intra_op_threads=threads, preload=preload)
+    config = MoeConfig(budget=budget, policy=policy, device=device, intra_op_threads=threads, preload=preload,
+                       decode_prefetch=decode_prefetch)
     described: dict[str, object] | None = None
     with ExitStack() as stack:
         if limit is None:
@@ -545,13 +551,14 @@ def predictor_train(trace_path: Path, eval_path: Path, package_path: Path, no_in
     from rich.table import Table
 
     from edgecoe.moe.package import load_moe_package
-    from edgecoe.moe.predictors import compare_predictors, install_predictor
+    from edgecoe.moe.predictors import activation_matrices, compare_predictors, install_predictor
     from edgecoe.moe.trace import RoutingTrace
 
     _check_json_path(json_path)
     package = load_moe_package(package_path)
     console = _console(to_stderr=json_path is not None and str(json_path) == "-")
-    result = compare_predictors(package, RoutingTrace.load(trace_path), RoutingTrace.load(eval_path))
+    train_trace = RoutingTrace.load(trace_path)
+    result = compare_predictors(package, train_trace, RoutingTrace.load(eval_path))
     table = Table(title=f"next-layer experts on {escape(eval_path.name)} (held out)")
     table.add_column("predictor")
     for n in result.top_n:
@@ -564,8 +571,10 @@ def predictor_train(trace_path: Path, eval_path: Path, package_path: Path, no_in
         learned = result.quality["learned"]
         install_predictor(package_path, result.weights, trained_on=trace_path.name,
                           recall={str(n): learned[n].recall for n in result.top_n},
-                          precision={str(n): learned[n].precision for n in result.top_n})
-        console.print(f"installed the learned predictor into {escape(str(package_path))}")
+                          precision={str(n): learned[n].precision for n in result.top_n},
+                          activations=activation_matrices(train_trace, package.manifest.model.num_layers))
+        console.print(f"installed the learned predictor and {escape(trace_path.name)}'s expert activation "
+                      f"matrices into {escape(str(package_path))}")
     if json_path is not None:
         _write_json(json_path, result.to_dict(), console)
 
@@ -679,7 +688,9 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
     "edgecoe bench --requests 500                                   every entry on the demo",
     "edgecoe bench models/pcb --policies samba,edgecoe,all-resident --requests 2000 --json bench.json",
     "edgecoe bench --paper numa --requests 2500 --arrival uniform  CoServe's setting, simulated",
-    "edgecoe bench --simulate --profile x86-2core-cpu --sweep budget=10,25,50 --plots plots/"))
+    "edgecoe bench --simulate --profile x86-2core-cpu --sweep budget=10,25,50 --plots plots/",
+    "edgecoe bench models/moe-large --budget 25% --repeat 3 --prompts held-out.txt   MoE schedules side by side",
+    "edgecoe bench models/moe-large --policies on-demand,edgecoe,accelerate --checkpoint models/moe-large-hf"))
 @click.argument("package", required=False, type=PACKAGE)
 @click.option("--policies", default=None,
               help=f"Comma-separated entries (default: {', '.join(DEFAULT_BENCH_ENTRIES)}; all: "
@@ -713,14 +724,41 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write PNG plots into this directory (needs the plots extra).")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a Chrome/Perfetto timeline of loads, evictions and batches (last sweep point).")
+              help="Write a Chrome/Perfetto timeline of loads, evictions and batches (last sweep point; "
+                   "MoE: the edgecoe entry's first repeat).")
+@click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="MoE: prompts, one per line (default: the demo's held-out prompts).")
+@click.option("--num-prompts", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="MoE: how many of the prompts to run.")
+@click.option("--new-tokens", type=click.IntRange(1, 4096), default=24, show_default=True,
+              help="MoE: tokens generated per prompt.")
+@click.option("--modes", default="page-cache,device-memory", show_default=True,
+              help="MoE: page-cache (loads copy from memory) and/or device-memory (loads read storage).")
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="MoE: the Hugging Face checkpoint the package came from (the accelerate entry).")
+@click.option("--gguf", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="MoE: the checkpoint as GGUF (the llama.cpp entry).")
+@click.option("--concurrent-chunks", default=None, metavar="N1,N2,...",
+              help="MoE: also run all prompts at once through the continuous batcher, once per prefill chunk size.")
 @_errors_are_one_line
 def bench(package: Path | None, policies: str | None, ablation: bool, budget: str | None, num_requests: int, dist: str,
           rate_rps: float, arrival: str, seed: int, seeds: str | None, repeat: int, simulate: bool,
           profile_name: str | None, paper: str | None, sweep: str | None, slo_ms: float | None,
           device_memory: str | None,
-          json_path: Path | None, plots_dir: Path | None, trace_path: Path | None) -> None:
-    """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios."""
+          json_path: Path | None, plots_dir: Path | None, trace_path: Path | None, prompts_path: Path | None,
+          num_prompts: int, new_tokens: int, modes: str, checkpoint: Path | None, gguf: Path | None,
+          concurrent_chunks: str | None) -> None:
+    """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios.
+
+    On an MoE package: expert schedules and peer runtimes generating from the same held-out prompts."""
+    from edgecoe.moe.package import package_kind
+
+    if package is not None and package_kind(package) == "moe":
+        _bench_moe(package, policies=policies, budget=budget or "25%", repeat=repeat, prompts_path=prompts_path,
+                   num_prompts=num_prompts, new_tokens=new_tokens, modes=modes, checkpoint=checkpoint, gguf=gguf,
+                   concurrent_chunks=concurrent_chunks, json_path=json_path, plots_dir=plots_dir,
+                   trace_path=trace_path)
+        return
     from edgecoe.bench import paper_package, run_bench
     from edgecoe.bench.harness import RepeatedBench, entry_config
     from edgecoe.bench.report import render_repeated, render_table, sweep_points, write_plots
@@ -791,6 +829,80 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
     if trace_path:
         path = write_trace(timelines, trace_path)
         console.print(f"wrote {escape(str(path))} (open in ui.perfetto.dev or chrome://tracing)")
+
+
+def _bench_moe(package: Path, *, policies: str | None, budget: str, repeat: int, prompts_path: Path | None,
+               num_prompts: int, new_tokens: int, modes: str, checkpoint: Path | None, gguf: Path | None,
+               concurrent_chunks: str | None, json_path: Path | None, plots_dir: Path | None,
+               trace_path: Path | None) -> None:
+    import shutil
+    import tempfile
+
+    from rich.table import Table
+
+    from edgecoe.moe.bench import SCHEDULE_ENTRIES, MoeBenchSpec, run_moe_bench, token_agreement, write_plots
+    from edgecoe.moe.demo import held_out_prompts
+    from edgecoe.moe.generate import read_prompts
+
+    _check_json_path(json_path)
+    _check_json_path(trace_path, "--trace")
+    _check_output_dir(plots_dir, "--plots")
+    if plots_dir is not None:
+        _require_matplotlib()
+    console = _console(to_stderr=json_path is not None and str(json_path) == "-")
+    prompts = (read_prompts(prompts_path) if prompts_path else held_out_prompts(num_prompts))[:num_prompts]
+    try:
+        chunks = tuple(int(c) for c in concurrent_chunks.split(",")) if concurrent_chunks else ()
+    except ValueError:
+        raise click.BadParameter(f"{concurrent_chunks!r}: expected integers separated by commas",
+                                 param_hint="--concurrent-chunks") from None
+    with tempfile.TemporaryDirectory(prefix="edgecoe-timelines-") as timelines:
+        spec = MoeBenchSpec(package=package, budget=budget, prompts=tuple(prompts), new_tokens=new_tokens,
+                            repeat=repeat, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+                            entries=tuple(policies.split(",")) if policies else SCHEDULE_ENTRIES,
+                            checkpoint=checkpoint, gguf=gguf, timeline_dir=Path(timelines) if trace_path else None,
+                            concurrent_chunks=chunks)
+        spec.validate()
+        console.print(f"[bold]{escape(package.name)}[/bold]: {len(prompts)} prompts x {new_tokens} tokens, "
+                      f"budget {escape(budget)}, {repeat} repeat(s), entries each in a fresh process")
+
+        def on_result(rep: int, key: str, result: dict[str, object]) -> None:
+            console.print(f"  repeat {rep + 1}/{repeat} {escape(key)} done")
+
+        result = run_moe_bench(spec, on_result=on_result)
+        if trace_path is not None:
+            wanted = [Path(timelines) / f"timeline-{mode}-edgecoe.json" for mode in spec.modes]
+            made = [p for p in wanted if p.is_file()] or sorted(Path(timelines).glob("*.json"))
+            if made:
+                shutil.copyfile(made[0], trace_path)
+                console.print(f"wrote {escape(str(trace_path))} ({escape(made[0].stem)}; open in ui.perfetto.dev)")
+    table = Table(title=f"{escape(package.name)}: medians of {repeat} repeat(s)")
+    for column in ("entry", "TTFT ms", "decode tok/s", "e2e p50 ms", "e2e p99 ms", "e2e vs on-demand",
+                   "decode vs all-res.", "prefill peak", "peak RSS", "loads", "read"):
+        table.add_column(column, justify="left" if column == "entry" else "right", no_wrap=column == "entry")
+    for key, row in result.summary.items():
+        total = row.get("total_expert_bytes") or 1
+        prefill = row.get("prefill_peak_expert_bytes")
+        table.add_row(escape(key), f"{row['ttft_ms']:.0f}", f"{row['decode_tokens_per_s']:.1f}",
+                      f"{row['e2e_p50_ms']:.0f}", f"{row['e2e_p99_ms']:.0f}",
+                      _ratio(row.get("e2e_ms_ratio_vs_on_demand"), invert=True),
+                      _ratio(row.get("decode_tokens_per_s_ratio_vs_all_resident")),
+                      f"{prefill / total:.0%}" if prefill is not None else "-",
+                      format_bytes(row["peak_rss_bytes"]), "-" if row.get("loads") is None else str(row["loads"]),
+                      "-" if row.get("storage_read_bytes") is None else format_bytes(row["storage_read_bytes"]))
+    console.print(table)
+    if json_path is not None:
+        _write_json(json_path, {**result.to_dict(), "token_agreement": token_agreement(result.runs)}, console)
+    if plots_dir is not None:
+        for path in write_plots(result.summary, plots_dir):
+            console.print(f"wrote {escape(str(path))}")
+
+
+def _ratio(value: object, *, invert: bool = False) -> str:
+    """A ratio as ``1.23x`` (``invert``: a time ratio shown as a speed-up), or ``-``."""
+    if not isinstance(value, float) or value <= 0:
+        return "-"
+    return f"{(1 / value if invert else value):.2f}x"
 
 
 def _device_memory(text: str | None) -> int | Literal["auto"] | None:

@@ -15,6 +15,7 @@ from edgecoe.moe.schedules import (
     SCHEDULES,
     LayerQuotaPolicy,
     MixtralOffload,
+    MoeInfinity,
     OnDemand,
     PhaseAware,
     ScheduleContext,
@@ -111,10 +112,12 @@ def _context(num_layers: int = 3, num_experts: int = 8, budget: int = 6) -> Sche
 
 
 def test_schedules_are_chosen_by_name() -> None:
-    assert set(SCHEDULES) == {"on-demand", "mixtral-offload", "edgecoe"}
+    assert set(SCHEDULES) == {"on-demand", "mixtral-offload", "moe-infinity", "edgecoe"}
     assert isinstance(create_schedule("edgecoe", _context()), PhaseAware)
-    with pytest.raises(ValueError, match="valid: on-demand, mixtral-offload, edgecoe"):
+    with pytest.raises(ValueError, match="valid: on-demand, mixtral-offload, moe-infinity, edgecoe"):
         create_schedule("lru", _context())
+    with pytest.raises(ValueError, match="needs the package's traced expert activation matrices"):
+        create_schedule("moe-infinity", _context())
 
 
 def test_on_demand_fetches_nothing_and_mixtral_offload_guesses_with_the_next_router() -> None:
@@ -156,3 +159,91 @@ def test_phase_aware_fetches_a_guess_only_where_it_clearly_outranks_a_resident()
     # 3 and 4 resident (say, from an older token): 5 and 6 outrank them by the sticky bonus
     picks = schedule.routed(0, "decode", x, np.array([[0, 1]]), {"L001.E003", "L001.E004"})
     assert FETCH_MARGIN <= 0.25 and picks == ["L001.E005", "L001.E006"]
+
+
+def test_decode_prefetch_is_on_for_cuda_only_by_default_and_off_still_ranks_residents() -> None:
+    from dataclasses import replace
+
+    from edgecoe.moe.schedules import decode_prefetch_for
+
+    assert decode_prefetch_for("auto", "cuda:0") and not decode_prefetch_for("auto", "cpu")
+    assert not decode_prefetch_for("auto", "coreml")
+    assert decode_prefetch_for("on", "cpu") and not decode_prefetch_for("off", "cuda:0")
+    with pytest.raises(ValueError, match="choose auto, on or off"):
+        decode_prefetch_for("sometimes", "cpu")  # type: ignore[arg-type]
+    schedule = PhaseAware(replace(_context(budget=6), decode_prefetch=False))
+    x = np.zeros((1, 4), np.float32)
+    schedule.routed(1, "decode", x, np.array([[5, 6]]))
+    # the same situation that fetches 5 and 6 with prefetch on fetches nothing, but ranks them first
+    assert schedule.routed(0, "decode", x, np.array([[0, 1]]), {"L001.E003", "L001.E004"}) == []
+    scores = schedule.policy.scores
+    assert scores["L001.E005"] > scores["L001.E003"] and scores["L001.E006"] > scores["L001.E004"]
+    # prefill streaming does not depend on it
+    assert schedule.layer_start(0, "prefill") == [expert_name(0, e) for e in range(8)]
+
+
+def test_phase_aware_prefill_starts_by_dropping_all_but_the_first_layers_up_to_the_window() -> None:
+    schedule = PhaseAware(_context(num_layers=12, budget=24))
+    resident = [expert_name(layer, e) for layer in (0, 1, 5, 11) for e in range(8)][:28]
+    dropped = schedule.prefill_start(resident)
+    kept = [name for name in resident if name not in dropped]
+    assert schedule.prefill_window == 12 and len(kept) == 12
+    assert kept == [expert_name(0, e) for e in range(8)] + [expert_name(1, e) for e in range(4)]
+    assert OnDemand(_context()).prefill_start(resident) == []
+
+
+def test_phase_aware_prefill_peak_stays_within_the_window_on_a_streamed_prefill() -> None:
+    """Driven as the model drives it: layer_start, routed (every expert chosen), ran -> drop."""
+    context = _context(num_layers=12, budget=24)
+    schedule = PhaseAware(context)
+    loader = _CountingLoader()
+    cache = _cache(24, loader, schedule.eviction)
+    prefetcher = Prefetcher(cache)
+    try:
+        cache.drop(schedule.prefill_start(cache.resident()))
+        peak = 0
+        chosen = np.array([[e, (e + 1) % 8] for e in range(8)])
+        for layer in range(12):
+            prefetcher.submit(schedule.layer_start(layer, "prefill"))
+            ahead = schedule.routed(layer, "prefill", np.ones((8, 4), np.float32), chosen, cache)
+            names = [expert_name(layer, e) for e in range(8)]
+            prefetcher.submit(ahead, protect=frozenset(names))
+            for name in names:
+                cache.acquire(name)
+                peak = max(peak, cache.used_bytes)
+                cache.release(name)
+                if schedule.ran(layer, "prefill", name):
+                    prefetcher.discard({name})
+                    cache.drop([name])
+            prefetcher.wait_idle()
+            peak = max(peak, cache.stats.peak_bytes)
+    finally:
+        prefetcher.close()
+    assert peak <= 10 * schedule.prefill_window  # 12 of 96 experts: 12.5 %
+    assert len(loader.calls) == len(set(loader.calls)) == 96  # every expert loaded once
+
+
+def _activations() -> np.ndarray:
+    """Two traced requests over 3 layers of 8 experts: one using experts 0-1 everywhere, one 6-7."""
+    eams = np.zeros((2, 3, 8), np.float32)
+    eams[0, :, [0, 1]] = 0.5
+    eams[1, :, [6, 7]] = 0.5
+    return eams
+
+
+def test_moe_infinity_matches_the_request_to_the_nearest_traced_one_and_prefetches_its_experts() -> None:
+    context = ScheduleContext(num_layers=3, num_experts=8, top_k=2, budget_experts=6, load_routers=lambda: [],
+                              activations=_activations())
+    schedule = MoeInfinity(context)
+    assert schedule.prefill_start([]) == []
+    x = np.zeros((1, 4), np.float32)
+    picks = schedule.routed(0, "decode", x, np.array([[6, 7]]))  # looks like the second traced request
+    assert np.array_equal(schedule.matched(), _activations()[1])
+    # two per layer (6 experts / 3 layers) for the next two layers, nearer layer first
+    assert picks == ["L001.E006", "L001.E007", "L002.E006", "L002.E007"]
+    scores = schedule.policy.scores
+    assert scores["L001.E006"] > scores["L002.E006"] > scores["L001.E000"] == 0.0  # nearer layers rank higher
+    assert schedule.routed(0, "decode", x, np.array([[6, 7]]), {"L001.E006"})[0] == "L001.E007"  # resident skipped
+    schedule.prefill_start([])  # a new request: its own activations only
+    schedule.routed(0, "prefill", x, np.array([[0, 1], [1, 0], [0, 1]]))
+    assert np.array_equal(schedule.matched(), _activations()[0])

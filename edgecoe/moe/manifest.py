@@ -155,6 +155,10 @@ class PredictorRecord(StrictModel):
     trained_on: str = ""
     recall: dict[str, float] = Field(default_factory=dict, description="top-n -> recall on held-out prompts")
     precision: dict[str, float] = Field(default_factory=dict)
+    activations: FileRecord | None = Field(default=None, description=(
+        "traced expert activation matrices, float32 [requests, num_layers, num_experts], each layer's row "
+        "summing to 1 (the moe-infinity schedule matches requests against them)"))
+    num_activation_requests: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class LayerRecord(StrictModel):
@@ -214,6 +218,13 @@ class MoeManifest(StrictModel):
             if self.predictor.shape != want or self.predictor.file.bytes != 4 * want[0] * want[1] * want[2]:
                 raise ValueError(f"predictor.shape={self.predictor.shape} ({self.predictor.file.bytes} bytes) is not "
                                  f"{want} float32")
+            activations = self.predictor.activations
+            rows = self.predictor.num_activation_requests
+            want_bytes = 4 * rows * self.model.num_layers * self.moe.num_experts
+            if (activations is None) != (rows == 0) or (activations is not None and activations.bytes != want_bytes):
+                raise ValueError(f"predictor.activations ({activations.bytes if activations else 0} bytes) is not "
+                                 f"num_activation_requests={rows} x {self.model.num_layers} layers x "
+                                 f"{self.moe.num_experts} experts float32")
         return self
 
     def expert_names(self) -> list[str]:
@@ -224,7 +235,8 @@ class MoeManifest(StrictModel):
         """Every file of the package, the manifest excepted."""
         return [*self.tokenizer, self.embed.file, self.head,
                 *(f for layer in self.layers for f in (layer.dense, *layer.experts)),
-                *([self.predictor.file] if self.predictor is not None else [])]
+                *([self.predictor.file] if self.predictor is not None else []),
+                *([self.predictor.activations] if self.predictor is not None and self.predictor.activations else [])]
 
     @property
     def expert_bytes(self) -> int:

@@ -33,9 +33,18 @@ from edgecoe.errors import InvalidInputError, PackageError, Problem, ProviderUna
 from edgecoe.loaders import ExpertLoader, LoadedExpert
 from edgecoe.moe.manifest import MoeManifest, expert_name
 from edgecoe.moe.package import MoePackage
-from edgecoe.moe.predictors import package_predictor
+from edgecoe.moe.predictors import package_activations, package_predictor
 from edgecoe.moe.prefetch import Prefetcher
-from edgecoe.moe.schedules import SCHEDULES, Phase, ScheduleContext, create_schedule
+from edgecoe.moe.schedules import (
+    DECODE_PREFETCH,
+    SCHEDULES,
+    DecodePrefetch,
+    Phase,
+    ScheduleContext,
+    create_schedule,
+    decode_prefetch_for,
+)
+from edgecoe.moe.timeline import Timeline
 from edgecoe.moe.weights import ExpertRunner, ExpertWeights, Placement, WeightLoader, read_exact
 from edgecoe.providers import available_providers, create_session
 
@@ -59,6 +68,9 @@ class MoeConfig:
         intra_op_threads: ONNX Runtime threads per session; 0 lets ORT decide.
         preload: fill the budget with experts at start (layer by layer, never evicting), so
             the first tokens do not wait for loads; with a 100 % budget every expert is resident.
+        decode_prefetch: whether the ``edgecoe`` schedule fetches predicted experts ahead in decode:
+            ``auto`` (on CUDA devices only; :func:`~edgecoe.moe.schedules.decode_prefetch_for` says why),
+            ``on`` or ``off``.
     """
 
     budget: str | int | None = None
@@ -66,6 +78,7 @@ class MoeConfig:
     device: str = "cpu"
     intra_op_threads: int = 0
     preload: bool = True
+    decode_prefetch: DecodePrefetch = "auto"
 
     def validate(self) -> None:
         if self.policy not in SCHEDULES:
@@ -74,6 +87,8 @@ class MoeConfig:
             Placement(self.device)  # raises on a malformed device
         if self.intra_op_threads < 0:
             raise InvalidInputError(f"intra_op_threads={self.intra_op_threads} must be >= 0")
+        if self.decode_prefetch not in DECODE_PREFETCH:
+            raise InvalidInputError(f"decode_prefetch={self.decode_prefetch!r}: choose {', '.join(DECODE_PREFETCH)}")
 
 
 def providers_for(device: str, *, available: list[str] | None = None) -> list[tuple[str, dict[str, str]]]:
@@ -187,17 +202,23 @@ class MoeModel:
         if budget < manifest.expert_bytes:
             raise InvalidInputError(f"expert budget {budget} bytes is below one expert ({manifest.expert_bytes} "
                                     "bytes); raise --budget")
-        self.schedule = create_schedule(self.config.policy, ScheduleContext(
-            num_layers=len(manifest.layers), num_experts=manifest.moe.num_experts, top_k=manifest.moe.top_k,
-            budget_experts=budget // manifest.expert_bytes,
-            load_routers=lambda: [router_weights(package.path(layer.dense)) for layer in manifest.layers],
-            predictor=package_predictor(package)))
+        try:
+            self.schedule = create_schedule(self.config.policy, ScheduleContext(
+                num_layers=len(manifest.layers), num_experts=manifest.moe.num_experts, top_k=manifest.moe.top_k,
+                budget_experts=budget // manifest.expert_bytes,
+                load_routers=lambda: [router_weights(package.path(layer.dense)) for layer in manifest.layers],
+                predictor=package_predictor(package), activations=package_activations(package),
+                decode_prefetch=decode_prefetch_for(self.config.decode_prefetch, self.config.device)))
+        except ValueError as exc:
+            raise InvalidInputError(f"{package.root}: {exc}") from None
         self.cache: ExpertCache[LoadedExpert[ExpertWeights]] = ExpertCache(
             budget_bytes=budget, loader=self._load, unloader=self.loader.unload,
             size_of=self.loader.footprint_bytes, policy=self.schedule.eviction)
         self.prefetcher = Prefetcher(self.cache)
         self.stats = StepStats()
         self.observer: Observer | None = None  # sees every routing decision (traces)
+        self.timeline: Timeline | None = None  # records loads and compute when set
+        self.last_prefill_peak_bytes = 0  # resident expert bytes at most during the last prefill
         if self.config.preload:
             self.preload()
         self._inv_freq = 1.0 / (np.float32(self.shape.rope_theta) ** (
@@ -211,7 +232,10 @@ class MoeModel:
         return self.cache.preload(self.manifest.expert_names())
 
     def _load(self, expert: str) -> tuple[LoadedExpert[ExpertWeights], int]:
+        started = time.perf_counter()
         loaded = self.loader.load(expert, self.config.device)
+        if self.timeline is not None:
+            self.timeline.add(f"load {expert}", "load", started, time.perf_counter())
         return loaded, loaded.num_bytes
 
     # -- sequences ------------------------------------------------------------------
@@ -254,6 +278,8 @@ class MoeModel:
         cos, sin = self.rotary(positions)
         bias = self.attention_bias(mask, tokens.shape[1])
         phase: Phase = "prefill" if tokens.shape[1] > 1 else "decode"
+        if phase == "prefill":
+            earlier_peak = self._start_prefill()
         for layer, session in enumerate(self.dense):
             ahead = self.schedule.layer_start(layer, phase)
             if ahead:
@@ -265,17 +291,40 @@ class MoeModel:
                     "past_key": kv[layer].key, "past_value": kv[layer].value})
             except Exception as exc:  # ORT's own exception types: wrap at the session boundary
                 raise SessionError(f"dense layer {layer} failed: {exc}") from exc
-            self.stats.dense_ms += (time.perf_counter() - started) * 1e3
+            ended = time.perf_counter()
+            self.stats.dense_ms += (ended - started) * 1e3
+            if self.timeline is not None:
+                self.timeline.add(f"dense L{layer:03d} ({phase})", "dense", started, ended)
             kv[layer] = LayerCache(key, value)
             batch, seq, width = moe_input.shape
             routed = self.experts(layer, moe_input.reshape(-1, width), logits.reshape(batch * seq, -1), phase=phase)
             hidden = residual + routed.reshape(batch, seq, width)
+        if phase == "prefill":
+            self.last_prefill_peak_bytes = self.cache.stats.peak_bytes
+            self.cache.stats.peak_bytes = max(earlier_peak, self.last_prefill_peak_bytes)
         last = hidden if all_logits else hidden[:, -1:]
+        started = time.perf_counter()
         try:
             out: np.ndarray = self.head.run(None, {"hidden": np.ascontiguousarray(last)})[0]
         except Exception as exc:
             raise SessionError(f"LM head failed: {exc}") from exc
+        if self.timeline is not None:
+            self.timeline.add("head", "head", started, time.perf_counter())
         return out if all_logits else out[:, -1]
+
+    def _start_prefill(self) -> int:
+        """Drop what the schedule wants gone before a prefill; start counting the prefill's peak.
+
+        Returns the cache's peak so far (the prefill's peak is measured from here, then folded back in).
+        """
+        drop = self.schedule.prefill_start(self.cache.resident())
+        if drop:
+            self.prefetcher.cancel()
+            self.prefetcher.wait_idle()  # a load in flight would land after the drop
+            self.cache.drop(drop)
+        earlier = self.cache.stats.peak_bytes
+        self.cache.stats.peak_bytes = self.cache.used_bytes
+        return earlier
 
     def experts(self, layer: int, x: np.ndarray, logits: np.ndarray, *, phase: Phase = "decode") -> np.ndarray:
         """The routed experts' weighted sum for rows ``x [N, H]`` with router ``logits [N, E]``.
@@ -294,21 +343,30 @@ class MoeModel:
         ahead = self.schedule.routed(layer, phase, x, chosen, self.cache)
         if ahead:
             self.prefetcher.submit(ahead, protect=frozenset(names))
+        unchosen = self.schedule.unchosen(layer, phase, chosen)
+        if unchosen:
+            self.prefetcher.discard(set(unchosen))
+            self.cache.drop(unchosen)
         for index, name in zip(indices, names, strict=True):
             rows, slot = np.nonzero(chosen == index)
             started = time.perf_counter()
             acquired = self.cache.acquire(name)
             assert acquired is not None, "acquire with wait=True always returns the expert"
+            computing = time.perf_counter()  # the timeline shows the run apart from any wait for its load
             try:
                 y = self.runner.run(acquired.handle.handle, x[rows], weights[rows, slot][:, None])
             finally:
                 self.cache.release(name)
             # rows are unique per expert (a token picks an expert once), so plain indexing adds exactly
             out[rows] += y
-            self.stats.expert_ms += (time.perf_counter() - started) * 1e3
+            ended = time.perf_counter()
+            self.stats.expert_ms += (ended - started) * 1e3
+            if self.timeline is not None:
+                self.timeline.add(f"expert {name} ({len(rows)} rows)", "expert", computing, ended)
             self.stats.num_expert_runs += 1
             self.stats.experts_used[name] = self.stats.experts_used.get(name, 0) + len(rows)
             if self.schedule.ran(layer, phase, name):
+                self.prefetcher.discard({name})  # still queued if this demand load overtook the loader thread
                 self.cache.drop([name])
         return out
 

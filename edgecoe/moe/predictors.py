@@ -177,11 +177,28 @@ def evaluate(scorer: Scorer, test: Pairs, n: int) -> Quality:
 
 
 PREDICTOR_PATH = "predictor/linear.bin"
+ACTIVATIONS_PATH = "predictor/activations.bin"
+
+
+def activation_matrices(trace: RoutingTrace, num_layers: int) -> np.ndarray:
+    """Each traced request's expert activation matrix, ``[requests, num_layers, num_experts]``: how often
+    each layer chose each expert over the request's decode steps, each layer's row summing to 1."""
+    requests = np.unique(trace.prompt)
+    out = np.zeros((len(requests), num_layers, trace.num_experts), np.float32)
+    row_of = {int(p): i for i, p in enumerate(requests)}
+    for p, layer, chosen in zip(trace.prompt, trace.layer, trace.chosen, strict=True):
+        np.add.at(out[row_of[int(p)], int(layer)], chosen, 1.0)
+    sums = out.sum(axis=2, keepdims=True)
+    normalized: np.ndarray = np.where(sums > 0, out / np.maximum(sums, 1e-12), 1.0 / trace.num_experts)
+    return normalized.astype(np.float32)
 
 
 def install_predictor(root: Path, weights: np.ndarray, *, trained_on: str, recall: dict[str, float],
-                      precision: dict[str, float]) -> MoePackage:
+                      precision: dict[str, float], activations: np.ndarray | None = None) -> MoePackage:
     """Write ``weights`` into the MoE package at ``root`` as its predictor (replacing any), then re-validate.
+
+    ``activations``: the traced requests' expert activation matrices (:func:`activation_matrices`), shipped
+    beside the weights for the moe-infinity schedule.
 
     The weights file is written first, the manifest last (to a temporary name, then renamed), so an
     interrupted install leaves the old manifest, which then fails validation on the stray file: never
@@ -204,8 +221,19 @@ def install_predictor(root: Path, weights: np.ndarray, *, trained_on: str, recal
     if reason is not None:
         raise PackageError(root, [Problem(PREDICTOR_PATH, reason)])
     (root / PREDICTOR_PATH).write_bytes(np.ascontiguousarray(weights, dtype="<f4").tobytes())
+    activations_record = None
+    if activations is not None:
+        reason = unsafe_path_reason(root, ACTIVATIONS_PATH)
+        if reason is not None:
+            raise PackageError(root, [Problem(ACTIVATIONS_PATH, reason)])
+        (root / ACTIVATIONS_PATH).write_bytes(np.ascontiguousarray(activations, dtype="<f4").tobytes())
+        activations_record = record_file(root, ACTIVATIONS_PATH)
+    elif (root / ACTIVATIONS_PATH).is_file() and not (root / ACTIVATIONS_PATH).is_symlink():
+        (root / ACTIVATIONS_PATH).unlink()  # an older install's, which the new manifest no longer lists
     record = PredictorRecord(kind="linear", file=record_file(root, PREDICTOR_PATH), shape=list(weights.shape),
-                             trained_on=trained_on, recall=recall, precision=precision)
+                             trained_on=trained_on, recall=recall, precision=precision,
+                             activations=activations_record,
+                             num_activation_requests=0 if activations is None else len(activations))
     manifest = MoeManifest.model_validate({**package.manifest.model_dump(), "predictor": record.model_dump()})
     tmp = root / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(manifest.to_json(), encoding="utf-8")
@@ -221,6 +249,17 @@ def package_predictor(package: MoePackage) -> np.ndarray | None:
     if record is None:
         return None
     return read_exact(package.path(record.file), record.file.bytes).view(np.float32).reshape(record.shape)
+
+
+def package_activations(package: MoePackage) -> np.ndarray | None:
+    """The package's traced expert activation matrices ``[requests, num_layers, num_experts]``, or None."""
+    from edgecoe.moe.weights import read_exact
+
+    record = package.manifest.predictor
+    if record is None or record.activations is None:
+        return None
+    shape = (record.num_activation_requests, package.manifest.model.num_layers, package.manifest.moe.num_experts)
+    return read_exact(package.path(record.activations), record.activations.bytes).view(np.float32).reshape(shape)
 
 
 def predict_next(weights: np.ndarray, layer: int, hidden: np.ndarray, chosen: np.ndarray,

@@ -64,6 +64,14 @@ class Prefetcher:
             self.stats.num_superseded += len(self._queue)
             self._queue.clear()
 
+    def discard(self, experts: Container[str]) -> None:
+        """Take ``experts`` out of the queue (dropped after running: fetching them now would bring back
+        an expert nothing needs)."""
+        with self._changed:
+            kept = deque(e for e in self._queue if e not in experts)
+            self.stats.num_superseded += len(self._queue) - len(kept)
+            self._queue = kept
+
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until the queue is empty and no load is in progress; False on timeout."""
         with self._changed:

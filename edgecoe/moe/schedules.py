@@ -20,7 +20,15 @@ eviction policy it ranks residents by. Chosen by name (:func:`create_schedule`):
   demo models the last token's experts recall 54-88 % of the next token's, the
   speculative router's top-k 70-72 %: ``benchmarks/moe_predictors.py``). The next layer's predicted experts are
   fetched only where they outrank a resident, so a guess never displaces a
-  likelier expert.
+  likelier expert. A prefill starts by dropping every resident but the first
+  layers' experts (up to the prefill window), so the prefill's footprint is the
+  window, not the decode budget.
+- ``moe-infinity`` (Xue et al.'s activation-aware offloading): the package ships
+  the expert activation matrices (EAMs, per-layer expert usage of each traced
+  calibration request); the current request's EAM so far is matched to the
+  nearest traced one (cosine), whose activation ratios rank the cache (lowest
+  out, then least recently used) and pick the prefetches of the next layers,
+  discounted by how many layers ahead they are.
 """
 
 from __future__ import annotations
@@ -48,6 +56,11 @@ class ScheduleContext:
         load_routers: reads each layer's router weights, ``[hidden, num_experts]`` (logits = x @ router);
             called on first use of :attr:`routers` only, since on-demand never reads them.
         predictor: the package's trained next-layer predictor weights, if it ships one.
+        activations: the package's traced expert activation matrices ``[requests, layers, experts]``
+            (each layer's row sums to 1), if it ships them.
+        decode_prefetch: whether the ``edgecoe`` schedule fetches predicted experts ahead in decode
+            (:func:`decode_prefetch_for` decides it per device); without it the prediction only ranks
+            residents for eviction.
     """
 
     num_layers: int
@@ -56,6 +69,8 @@ class ScheduleContext:
     budget_experts: int
     load_routers: Callable[[], list[np.ndarray]] = field(repr=False)
     predictor: np.ndarray | None = field(default=None, repr=False)
+    activations: np.ndarray | None = field(default=None, repr=False)
+    decode_prefetch: bool = True
 
     @cached_property
     def routers(self) -> list[np.ndarray]:
@@ -81,6 +96,14 @@ class ExpertSchedule(Protocol):
         """Whether to drop ``expert`` now that it has run."""
         ...
 
+    def prefill_start(self, resident: Iterable[str]) -> list[str]:
+        """Called as a prefill begins, with the experts resident: those to drop first."""
+        ...
+
+    def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
+        """Once layer ``layer`` has routed: experts to drop (or stop fetching) since no row chose them."""
+        ...
+
 
 class OnDemand:
     """Load when the router picks; least recently used out; nothing fetched ahead."""
@@ -99,6 +122,12 @@ class OnDemand:
 
     def ran(self, layer: int, phase: Phase, expert: str) -> bool:
         return False
+
+    def prefill_start(self, resident: Iterable[str]) -> list[str]:
+        return []
+
+    def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
+        return []
 
 
 class LayerQuotaPolicy:
@@ -180,6 +209,12 @@ class MixtralOffload:
     def ran(self, layer: int, phase: Phase, expert: str) -> bool:
         return False
 
+    def prefill_start(self, resident: Iterable[str]) -> list[str]:
+        return []
+
+    def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
+        return []
+
 
 class PhaseAware:
     """edgecoe's schedule: layer streaming in prefill, predicted prefetch in decode."""
@@ -193,7 +228,10 @@ class PhaseAware:
         # coming in. Two whole layers would be 17 % of moe-large's experts; DuoServe-MoE's
         # peak is about 15 %.
         self.prefill_window = min(context.budget_experts, context.num_experts + context.num_experts // 2)
-        self.policy = LayerQuotaPolicy(self.quota, count_uses=True)
+        # NOTE: no use counts within a layer (predicted score, then recency): counting uses kept
+        # experts popular early in a prompt past their time and cost about 15 % of decode speed on
+        # moe-large while tuning.
+        self.policy = LayerQuotaPolicy(self.quota, count_uses=False)
         self.eviction: EvictionPolicy = self.policy
         self.last_used: dict[int, frozenset[int]] = {}  # layer -> experts it used at the last decode step
 
@@ -228,6 +266,8 @@ class PhaseAware:
                 value[e] += STICKY_BONUS
         names = [expert_name(nxt, e) for e in range(self.context.num_experts)]
         self.policy.scores.update(zip(names, value.tolist(), strict=True))
+        if not self.context.decode_prefetch:
+            return []  # the prediction still ranks the layer's residents for eviction
         # Fetch among the layer's best `quota` only what is clearly likelier than the resident it
         # would displace (a load then evicts the lowest-valued resident of this layer): a wrong
         # guess costs two loads, the guess and the reload of what it displaced.
@@ -244,6 +284,111 @@ class PhaseAware:
     def ran(self, layer: int, phase: Phase, expert: str) -> bool:
         return phase == "prefill"
 
+    def prefill_start(self, resident: Iterable[str]) -> list[str]:
+        # Keep what the prefill's first layers stream in anyway (layer 0, then layer 1, up to the
+        # window); everything else goes, so the prefill peak is the window, not the decode budget.
+        keep = {expert_name(layer, e) for layer in range(min(2, self.context.num_layers))
+                for e in range(self.context.num_experts)}
+        kept: list[str] = sorted(name for name in resident if name in keep)[:self.prefill_window]
+        return [name for name in resident if name not in kept]
+
+    def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
+        # the layer's whole expert set streamed in ahead of routing; what no token chose goes at once
+        if phase != "prefill":
+            return []
+        used = set(np.unique(chosen).tolist())
+        return [expert_name(layer, e) for e in range(self.context.num_experts) if e not in used]
+
+
+class ActivationPolicy:
+    """Evicts the resident with the lowest predicted activation ratio (``scores``), then the least
+    recently used."""
+
+    name = "activation-aware"
+
+    def __init__(self) -> None:
+        self.scores: dict[str, float] = {}
+
+    def on_use(self, expert: str) -> None:
+        pass
+
+    def set_future(self, future_uses: Iterable[str]) -> None:
+        pass
+
+    def incoming(self, expert: str | None) -> None:
+        pass
+
+    def priority(self, entry: CandidateView, resident: frozenset[str]) -> tuple[float, ...]:
+        return (self.scores.get(entry.expert, 0.0), entry.last_used_seq)
+
+
+class MoeInfinity:
+    """Activation-aware caching and prefetch from traced EAMs (see the module docstring).
+
+    Raises:
+        ValueError: the package ships no activation matrices (``edgecoe predictor train`` writes them).
+    """
+
+    name = "moe-infinity"
+
+    def __init__(self, context: ScheduleContext) -> None:
+        if context.activations is None:
+            raise ValueError("the moe-infinity schedule needs the package's traced expert activation matrices; "
+                             "run `edgecoe predictor train` on the package first")
+        self.context = context
+        # rows normalized once, so matching is one matrix-vector product
+        flat = context.activations.reshape(len(context.activations), -1).astype(np.float32)
+        self.library = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+        self.current = np.zeros((context.num_layers, context.num_experts), np.float32)
+        self.policy = ActivationPolicy()
+        self.eviction: EvictionPolicy = self.policy
+        self.lookahead = max(1, min(LOOKAHEAD_LAYERS, context.num_layers - 1))
+
+    def layer_start(self, layer: int, phase: Phase) -> list[str]:
+        return []
+
+    def prefill_start(self, resident: Iterable[str]) -> list[str]:
+        self.current[:] = 0.0  # a new request: its EAM starts empty
+        return []
+
+    def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
+        return []
+
+    def matched(self) -> np.ndarray:
+        """The traced EAM nearest to the current request's, ``[layers, experts]``."""
+        best = int(np.argmax(self.library @ self.current.reshape(-1)))
+        activations = self.context.activations
+        assert activations is not None
+        matched: np.ndarray = activations[best]
+        return matched
+
+    def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray,
+               resident: Container[str] = frozenset()) -> list[str]:
+        np.add.at(self.current[layer], chosen.reshape(-1), 1.0)
+        matched = self.matched()
+        num_layers, num_experts = self.context.num_layers, self.context.num_experts
+        ranked: list[tuple[float, str]] = []
+        for later in range(num_layers):
+            # distance ahead in decode order: the layers after this one come next, then (next token) the first
+            ahead = (later - layer) % num_layers
+            discount = 1.0 - ahead / num_layers
+            for e in range(num_experts):
+                name = expert_name(later, e)
+                value = float(matched[later, e]) * discount
+                self.policy.scores[name] = value
+                if 1 <= ahead <= self.lookahead:
+                    ranked.append((value, name))
+        ranked.sort(key=lambda item: -item[0])
+        # as many prefetches as the budget holds per layer, for the layers looked ahead at
+        count = max(1, self.context.budget_experts // num_layers) * self.lookahead
+        return [name for _value, name in ranked[:count] if name not in resident]
+
+    def ran(self, layer: int, phase: Phase, expert: str) -> bool:
+        return False
+
+
+LOOKAHEAD_LAYERS = 2
+"""How many layers ahead moe-infinity prefetches."""
 
 STICKY_BONUS = 0.25
 """Added to a next-layer expert's predicted probability when that layer used it last token."""
@@ -252,11 +397,38 @@ FETCH_MARGIN = 0.25
 """How much likelier (in predicted probability) a guess must be than the resident it displaces."""
 
 
+DecodePrefetch = Literal["auto", "on", "off"]
+DECODE_PREFETCH: tuple[DecodePrefetch, ...] = ("auto", "on", "off")
+
+
+def decode_prefetch_for(setting: DecodePrefetch, device: str) -> bool:
+    """Whether the ``edgecoe`` schedule prefetches in decode on ``device``.
+
+    ``auto`` turns it on only for CUDA devices: there a host-to-device copy runs on the
+    copy engine beside the layer's kernels, so a load ahead is hidden. On a CPU (or a
+    unified-memory device) the load is a memory copy on the cores and the memory bus the
+    layer's compute uses, and a decode layer runs in a few milliseconds: on moe-large
+    with 2 cores the prefetches slowed every load (5.6 to 8 ms, copies contending with
+    compute) and each wrong guess cost a full load, so decode was slower with prefetch
+    in page-cache and device-memory mode alike (``benchmarks/moe_schedules.py`` measures
+    both as ``edgecoe`` and ``edgecoe+prefetch``).
+
+    Raises:
+        ValueError: a setting other than auto, on or off.
+    """
+    if setting not in DECODE_PREFETCH:
+        raise ValueError(f"decode prefetch {setting!r}: choose auto, on or off")
+    if setting == "auto":
+        return device.startswith("cuda")
+    return setting == "on"
+
+
 ScheduleFactory = Callable[[ScheduleContext], ExpertSchedule]
 
 _REGISTRY: dict[str, ScheduleFactory] = {
     "on-demand": OnDemand,
     "mixtral-offload": MixtralOffload,
+    "moe-infinity": MoeInfinity,
     "edgecoe": PhaseAware,
 }
 
