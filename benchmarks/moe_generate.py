@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgecoe.memory import peak_rss_bytes
 from edgecoe.results import machine_info
 
 
@@ -88,12 +88,12 @@ def _edgecoe_worker(args: argparse.Namespace, prompts: list[list[int]], budget: 
 
 def worker(args: argparse.Namespace) -> None:
     prompts = json.loads(Path(args.prompt_ids).read_text())
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = peak_rss_bytes()
     if args.worker == "transformers":
         result = _transformers_worker(args, prompts)
     else:
         result = _edgecoe_worker(args, prompts, args.worker.removeprefix("edgecoe@"))
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_bytes"] = peak_rss_bytes()
     result["rss_after_imports_bytes"] = baseline
     Path(args.out).write_text(json.dumps(result))
 

@@ -38,6 +38,28 @@ def rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def peak_rss_bytes() -> int:
+    """The most memory this process has held resident, in bytes.
+
+    NOTE: Linux's ``ru_maxrss`` survives ``exec``: a process started from a large parent
+    reports the parent's size at fork time as its own peak. ``VmHWM`` belongs to the
+    process's own address space, so it is read first; ``ru_maxrss`` only where there is
+    no ``/proc`` (macOS reports it in bytes, Linux in KiB).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def total_memory_bytes() -> int:
     """Physical memory of this machine."""
     return int(psutil.virtual_memory().total)

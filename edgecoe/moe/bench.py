@@ -130,7 +130,7 @@ class MoeBenchSpec:
 # -- one entry, in its own process ------------------------------------------------------------------
 def run_entry(spec: MoeBenchSpec, key: str, *, timeline_path: Path | None = None) -> dict[str, Any]:
     """Run one ``mode/entry`` in this process; per-prompt figures and what the process used."""
-    import resource
+    from edgecoe.memory import peak_rss_bytes
 
     mode, entry = key.split("/", 1)
     if mode == "concurrent":
@@ -139,7 +139,7 @@ def run_entry(spec: MoeBenchSpec, key: str, *, timeline_path: Path | None = None
         result = _run_peer(spec, mode, entry)
     else:
         result = _run_schedule(spec, mode, entry, timeline_path)
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
 
@@ -376,6 +376,7 @@ def summarize(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]
                 ratios = [a / b for a, b in zip(metric(name), metric(name, [run[ref_key] for run in runs]),
                                                 strict=True) if b]
                 row[f"{name}_ratio_vs_{ref.replace('-', '_')}"] = _median(ratios)
+                row[f"{name}_ratio_vs_{ref.replace('-', '_')}_range"] = [min(ratios), max(ratios)] if ratios else None
         last = per_run[-1]
         prompts = last["prompts"]
         for name, fold in (("prefill_peak_expert_bytes", max), ("peak_expert_bytes", max), ("loads", sum),

@@ -12,7 +12,6 @@ tokens per second, expert loads and bytes, peak memory) under the keys
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 from edgecoe.devicemem import storage_read_bytes
 from edgecoe.engine import CacheTotals
 from edgecoe.errors import InvalidInputError
-from edgecoe.memory import rss_bytes
+from edgecoe.memory import peak_rss_bytes, rss_bytes
 from edgecoe.moe.model import MoeModel
 
 MAX_PROMPTS = 256
@@ -225,7 +224,7 @@ class Generator:
         if read_before is not None and read_after is not None:
             report.storage_read_bytes = read_after - read_before
         report.rss_bytes = rss_bytes()
-        report.peak_rss_bytes = max(report.rss_bytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        report.peak_rss_bytes = max(report.rss_bytes, peak_rss_bytes())
         self.last_report = report
 
     def _prompt_ids(self, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
