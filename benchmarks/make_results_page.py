@@ -415,7 +415,9 @@ def section_moe_schedules() -> list[str]:
     if overlap:
         lines += ["", "Load time that overlapped compute (first repeat's timeline, all prompts): " + "; ".join(
             f"{k} {r['load_overlapping_compute_ms'] / r['load_ms']:.0%} of {r['load_ms'] / 1e3:.1f} s"
-            for k, r in overlap) + "."]
+            for k, r in overlap) + ". One timeline, `edgecoe+prefetch` in page-cache mode (first repeat), is kept as "
+            "`moe/timeline_moe_large_page_cache_edgecoe_prefetch.json.gz` (gunzip, open in ui.perfetto.dev: loads on "
+            "the loader thread's row beside the dense and expert spans)."]
     edge = summary.get("page-cache/edgecoe")
     if edge is not None:
         decode_res = edge["decode_tokens_per_s_ratio_vs_all_resident"]
@@ -442,6 +444,42 @@ def section_moe_schedules() -> list[str]:
                          f"{_verdict(peer['e2e_ms'] / e2e > 1)}")
         lines += ["", "Targets, device-memory mode, edgecoe (medians of end-to-end per prompt): " + "; ".join(parts)
                   + "."]
+    return [*lines, ""]
+
+
+def section_moe_variants() -> list[str]:
+    lines, data = _section(
+        "moe/variants_moe_tiny.json", "Fine-tuned MoE variants: moe-tiny fine-tuned on four domains, consolidated",
+        "python benchmarks/moe_variants.py --recipe models/recipes/moe-tiny-variants.yaml "
+        "--json benchmarks/results/moe/variants_moe_tiny.json",
+        "Four fine-tunes of moe-tiny (embeddings and head frozen), one per text shipped with Python; each consolidated "
+        "package measured per variant on held-out text of its own domain (every tenth file or block, never trained "
+        "on): perplexity of the unmerged variant, of the package's variant, of the average merge and of the TIES "
+        "merge (density 0.2), and greedy-token agreement with the unmerged variant (8 prompts x 16 tokens).")
+    if data is None:
+        return lines
+    moved: dict[str, dict[str, float]] = data["moved"]  # type: ignore[assignment]
+    lines += ["How far each variant's experts moved from the first variant's (functional distance per slot): " + "; ".join(
+        f"{name}: median {m['median']:.3f}, {m['below_0.05']:.0%} within 0.05" for name, m in moved.items()) + ".", ""]
+    lines += ["| setting | threshold | experts stored | size vs 4 copies | variant | ppl unmerged | ppl consolidated "
+              "| change | ppl average | ppl TIES | same tokens |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    points: list[dict[str, Any]] = data["points"]  # type: ignore[assignment]
+    for point in points:
+        for i, q in enumerate(point["quality"]):
+            head = (f"| {point['setting']} | {point['threshold']:.3f} | {point['stored_experts']} / "
+                    f"{point['total_experts']} | {point['memory_ratio']:.0%} |" if i == 0 else "| | | | |")
+            change = q["perplexity_consolidated"] / q["perplexity_unmerged"] - 1
+            lines.append(f"{head} {q['variant']} | {q['perplexity_unmerged']:.2f} | {q['perplexity_consolidated']:.2f} "
+                         f"| {change:+.1%} | {q['perplexity_average']:.2f} | {q['perplexity_ties']:.2f} | "
+                         f"{q['token_agreement']:.0%} |")
+    target = points[0]
+    worst = max(q["perplexity_consolidated"] / q["perplexity_unmerged"] - 1 for q in target["quality"])
+    beats = all(q["perplexity_consolidated"] < min(q["perplexity_average"], q["perplexity_ties"])
+                for q in target["quality"])
+    lines += ["", f"Targets ({target['setting']}): size <= 40 % of four copies: {target['memory_ratio']:.0%}, "
+                  f"{_verdict(target['memory_ratio'] <= 0.4)}; every variant's perplexity within 3 % of unmerged: "
+                  f"worst {worst:+.1%}, {_verdict(worst <= 0.03)}; better than both merges for every variant: "
+                  f"{_verdict(beats)}."]
     return [*lines, ""]
 
 
@@ -508,6 +546,7 @@ def render() -> str:
     lines += section_moe_predictors("moe-tiny")
     lines += section_moe_predictors("moe-large")
     lines += section_moe_schedules()
+    lines += section_moe_variants()
     lines += section_expert_exec(
         "moe/expert_exec_large.json", "Running an expert: moe-large shape (hidden 1024, FFN 2048)",
         "python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 --repeat 3 "

@@ -45,8 +45,11 @@ for model in moe-tiny moe-large; do
   run "predictors-$model" python benchmarks/moe_predictors.py --package "models/$model" \
       --json "$results/moe/predictors_${model//-/_}.json"
 done
-run schedules python benchmarks/moe_schedules.py --package models/moe-large --budget 25% --prompts 8 \
-    --new-tokens 24 --repeat 3 --json "$results/moe/schedules_moe_large.json"
+run schedules python benchmarks/moe_schedules.py --package models/moe-large --checkpoint models/moe-large-hf \
+    --budget 25% --prompts 8 --new-tokens 24 --repeat 3 --concurrent-chunks 0,16 \
+    --json "$results/moe/schedules_moe_large.json"
+run variants python benchmarks/moe_variants.py --recipe models/recipes/moe-tiny-variants.yaml \
+    --json "$results/moe/variants_moe_tiny.json"
 run expert-exec-large python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 \
     --repeat 3 --json "$results/moe/expert_exec_large.json"
 run expert-exec-tiny python benchmarks/moe_expert_exec.py --hidden 128 --intermediate 256 --experts 8 \

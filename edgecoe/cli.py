@@ -273,6 +273,77 @@ def _export_moe(source: Path, output: Path, *, force: bool, dtype: str, block_si
                       "held-out tokens")
 
 
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict, in order (a repeated name is an error)."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise click.BadParameter(f"{value!r}: expected NAME=VALUE", param_hint=option)
+        if name in out:
+            raise click.BadParameter(f"{name!r} is given twice", param_hint=option)
+        out[name] = rest
+    return out
+
+
+@main.command(epilog=_epilog(
+    "edgecoe consolidate docs=ft/docs code=ft/code --calibration docs=docs.txt --calibration code=code.py -o models/set",
+    "edgecoe consolidate a=ft/a b=ft/b --calibration a=a.txt --calibration b=b.txt --threshold 0.05 -o models/ab"))
+@click.argument("variants", nargs=-1, required=True, metavar="NAME=CHECKPOINT...")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Package directory to write.")
+@click.option("--calibration", "calibration", multiple=True, metavar="NAME=TEXTFILE", required=True,
+              help="Text like what variant NAME serves; its experts' output differences are measured on it "
+                   "(one per variant).")
+@click.option("--memory-target", default="40%", show_default=True,
+              help="Package size as a share of separate copies of every variant; the smallest sharing threshold "
+                   "that fits is chosen.")
+@click.option("--threshold", type=click.FloatRange(min=0), default=None,
+              help="Share experts whose relative output difference is at most this (overrides --memory-target).")
+@click.option("--force", is_flag=True, help="Replace an existing package at OUTPUT.")
+@_errors_are_one_line
+def consolidate(variants: tuple[str, ...], output: Path, calibration: tuple[str, ...], memory_target: str,
+                threshold: float | None, force: bool) -> None:
+    """Consolidate fine-tuned variants of one MoE model (Hugging Face checkpoints) into one package.
+
+    Experts that stayed alike across the variants are stored once; each variant keeps its own
+    non-expert parts. The first variant is stored exactly; serve any with generate --variant NAME.
+    """
+    from edgecoe.moe.consolidate import consolidate as run
+    from edgecoe.schema import read_document
+
+    checkpoints = {name: Path(path) for name, path in _pairs(variants, "NAME=CHECKPOINT").items()}
+    texts = _pairs(calibration, "--calibration")
+    missing = [n for n in checkpoints if n not in texts]
+    extra = [n for n in texts if n not in checkpoints]
+    if missing or extra:
+        raise click.BadParameter(f"give one calibration text per variant (missing: {missing}, unknown: {extra})",
+                                 param_hint="--calibration")
+    target = memory_target.strip()
+    try:
+        share = float(target[:-1]) / 100 if target.endswith("%") else float(target)
+    except ValueError:
+        raise click.BadParameter(f"{memory_target!r}: expected a share such as 40%", param_hint="--memory-target") from None
+    if not 0 < share <= 1:
+        raise click.BadParameter(f"{memory_target!r} must be in (0, 100%]", param_hint="--memory-target")
+    calibration_text = {n: read_document(Path(p), max_bytes=64 << 20) for n, p in texts.items()}
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task("consolidating", total=None, item="")
+
+        def step(what: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, item=escape(what))
+
+        report = run(checkpoints, calibration_text, output, memory_target=share, threshold=threshold,
+                     overwrite=force, progress=step)
+    verdict = "" if report.fits else f" (above the {share:.0%} target: sharing every alike expert was not enough)"
+    console.print(f"wrote {escape(str(report.package))}: {len(report.variants)} variants, {report.stored_experts} "
+                  f"of {report.total_experts} experts stored (threshold {report.threshold:.3f}), "
+                  f"{format_bytes(report.consolidated_bytes)} = {report.memory_ratio:.0%} of separate copies{verdict}")
+    for name, share_ in report.shared.items():
+        console.print(f"  {escape(name)}: shares {share_:.0%} of its experts")
+
+
 @main.command(epilog=_epilog("edgecoe inspect models/pcb-small",
                              "edgecoe inspect models/pcb-small --json - | jq .num_experts"))
 @click.argument("package", type=PACKAGE)
@@ -320,9 +391,13 @@ def demo_build(recipe: str, output: Path | None, force: bool) -> None:
     """Build demo RECIPE (pcb-small, pcb, moe-tiny, moe-large, or a recipe file) into a package."""
     from edgecoe.demo import find_recipe, load_recipe
     from edgecoe.moe.demo import is_moe_recipe
+    from edgecoe.moe.variants import is_variants_recipe
 
     path = find_recipe(recipe)
     console = _console()
+    if is_variants_recipe(path):
+        _build_variants_demo(console, path, output, force=force)
+        return
     if is_moe_recipe(path):
         _build_moe_demo(console, path, output, force=force)
         return
@@ -360,6 +435,43 @@ def _build_moe_demo(console: Console, recipe: Path, output: Path | None, *, forc
     console.print(f"wrote {escape(str(checkpoint))} (Hugging Face checkpoint) and {escape(str(package))}: "
                   f"{len(moe.manifest.layers)} layers x {moe.manifest.moe.num_experts} experts of "
                   f"{format_bytes(moe.manifest.expert_bytes)}")
+
+
+def _build_variants_demo(console: Console, recipe: Path, output: Path | None, *, force: bool) -> None:
+    from rich.table import Table
+
+    from edgecoe.moe.package import load_moe_package
+    from edgecoe.moe.variants import build_variants, load_variants_recipe
+
+    parsed = load_variants_recipe(recipe)
+    dest = output or DEFAULT_MODELS_DIR / parsed.name
+    if (dest / "edgecoe.json").is_file() and not force:
+        console.print(f"{escape(str(dest))} is already built (--force rebuilds it)")
+        return
+    with _progress(console) as progress:
+        task = progress.add_task(f"building {parsed.name}", total=None, item="")
+
+        def step(what: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, item=escape(what))
+            if not console.is_terminal and (done == total or done % 50 == 0):
+                console.print(f"  {escape(what)} ({done}/{total})")
+
+        report, _ = build_variants(recipe, models_dir=dest.parent, dest=dest, force=force, progress=step)
+    console.print(f"wrote {escape(str(report.package))}: {len(report.variants)} variants, "
+                  f"{report.stored_experts} of {report.total_experts} experts stored "
+                  f"(threshold {report.threshold:.3f}), {format_bytes(report.consolidated_bytes)} = "
+                  f"{report.memory_ratio:.0%} of separate copies")
+    manifest = load_moe_package(report.package).manifest
+    table = Table(title="held-out perplexity per variant (its own domain)")
+    for column in ("variant", "domain", "unmerged", "consolidated", "average merge", "TIES merge", "same tokens"):
+        table.add_column(column, justify="left" if column in ("variant", "domain") else "right")
+    for v in manifest.variants:
+        q = v.quality
+        if q:
+            table.add_row(escape(v.name), escape(v.domain), f"{q['perplexity_unmerged']:.2f}",
+                          f"{q['perplexity_consolidated']:.2f}", f"{q['perplexity_average']:.2f}",
+                          f"{q['perplexity_ties']:.2f}", f"{q['token_agreement']:.0%}")
+    console.print(table)
 
 
 def _build_demo(console: Console, recipe: str, dest: Path, *, overwrite: bool = False) -> Path:
@@ -405,6 +517,8 @@ def _demo_package(console: Console) -> Path:
               help="Whether the edgecoe schedule fetches predicted experts ahead while decoding "
                    "(auto: on CUDA devices only, where copies overlap compute).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda:N or coreml.")
+@click.option("--variant", default=None, metavar="NAME",
+              help="Which fine-tuned variant of a consolidated package to serve (default: its first).")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0: greedy; above 0: sample (seeded by --seed).")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Sample among the k most likely.")
@@ -425,7 +539,8 @@ def _demo_package(console: Console) -> Path:
               metavar="PATH", help="Write the run's figures as JSON ('-': standard output).")
 @_errors_are_one_line
 def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
-             budget: str, policy: str, decode_prefetch: DecodePrefetch, device: str, temperature: float, top_k: int,
+             budget: str, policy: str, decode_prefetch: DecodePrefetch, device: str, variant: str | None,
+             temperature: float, top_k: int,
              top_p: float, seed: int, stop_tokens: tuple[int, ...], ignore_eos: bool, threads: int, preload: bool,
              device_memory: str | None, report_path: Path | None) -> None:
     """Generate text from an MoE package, streaming tokens, with routed experts held within --budget."""
@@ -446,7 +561,7 @@ def generate(package: Path, prompt_texts: tuple[str, ...], prompts_file: Path | 
     params.validate()
     console = _console(to_stderr=report_path is not None and str(report_path) == "-")
     config = MoeConfig(budget=budget, policy=policy, device=device, intra_op_threads=threads, preload=preload,
-                       decode_prefetch=decode_prefetch)
+                       decode_prefetch=decode_prefetch, variant=variant)
     described: dict[str, object] | None = None
     with ExitStack() as stack:
         if limit is None:
@@ -735,9 +850,10 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 @click.option("--modes", default="page-cache,device-memory", show_default=True,
               help="MoE: page-cache (loads copy from memory) and/or device-memory (loads read storage).")
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="MoE: the Hugging Face checkpoint the package came from (the accelerate entry).")
+              help="MoE: the Hugging Face checkpoint the package came from (adds the accelerate entry).")
 @click.option("--gguf", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="MoE: the checkpoint as GGUF (the llama.cpp entry).")
+              help="MoE: the checkpoint as GGUF (adds the llama.cpp entry; needs llama-cpp-python); written "
+                   "from --checkpoint first if the file does not exist.")
 @click.option("--concurrent-chunks", default=None, metavar="N1,N2,...",
               help="MoE: also run all prompts at once through the continuous batcher, once per prefill chunk size.")
 @_errors_are_one_line
@@ -856,10 +972,20 @@ def _bench_moe(package: Path, *, policies: str | None, budget: str, repeat: int,
     except ValueError:
         raise click.BadParameter(f"{concurrent_chunks!r}: expected integers separated by commas",
                                  param_hint="--concurrent-chunks") from None
+    if gguf is not None and not gguf.exists():
+        if checkpoint is None:
+            raise click.BadParameter(f"{gguf} does not exist; give --checkpoint to write it", param_hint="--gguf")
+        from edgecoe.moe.peers import write_gguf
+
+        console.print(f"writing {escape(str(gguf))} from {escape(str(checkpoint))} (float32 GGUF for llama.cpp)")
+        write_gguf(checkpoint, gguf)
+    # the peers join by default where what they run on is given
+    default_entries = (SCHEDULE_ENTRIES + (("accelerate",) if checkpoint else ())
+                       + (("llama.cpp",) if gguf else ()))
     with tempfile.TemporaryDirectory(prefix="edgecoe-timelines-") as timelines:
         spec = MoeBenchSpec(package=package, budget=budget, prompts=tuple(prompts), new_tokens=new_tokens,
                             repeat=repeat, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
-                            entries=tuple(policies.split(",")) if policies else SCHEDULE_ENTRIES,
+                            entries=tuple(policies.split(",")) if policies else default_entries,
                             checkpoint=checkpoint, gguf=gguf, timeline_dir=Path(timelines) if trace_path else None,
                             concurrent_chunks=chunks)
         spec.validate()

@@ -176,6 +176,39 @@ class TensorFile(StrictModel):
     shape: list[int] = Field(min_length=2, max_length=2)
 
 
+class VariantRecord(StrictModel):
+    """One fine-tuned variant of a consolidated package: its own non-expert parts, and which stored
+    expert each of its (layer, slot)s uses (an index into ``layers[layer].experts``).
+
+    Files may be shared between variants (byte-identical parts are stored once). The first
+    variant's parts are the package's top-level ``embed``, ``head`` and ``layers[l].dense``, and its
+    slot ``e`` maps to stored expert ``e``.
+    """
+
+    name: str = Field(pattern=SAFE_NAME_PATTERN)
+    domain: str = Field(default="", max_length=200, description="what it was fine-tuned on (informational)")
+    embed: TensorFile
+    head: FileRecord
+    dense: list[FileRecord] = Field(min_length=1)
+    experts: list[list[int]] = Field(min_length=1, description="[layer][slot] -> stored expert index")
+    quality: dict[str, float] = Field(default_factory=dict, description=(
+        "measured at consolidation: perplexity of the unmerged variant and of this package's, on held-out "
+        "text of its domain, and greedy-token agreement"))
+
+
+class Consolidation(StrictModel):
+    """How a variant package's experts were shared (:mod:`edgecoe.moe.consolidate`)."""
+
+    metric: Literal["functional"]
+    threshold: float = Field(ge=0)
+    memory_target: float | None = Field(default=None, gt=0, le=1)
+    separate_bytes: int = Field(ge=0, description="every variant as a package of its own, together")
+    consolidated_bytes: int = Field(ge=0)
+    stored_experts: int = Field(ge=0)
+    shared: dict[str, float] = Field(default_factory=dict, description="variant -> share of its slots it shares")
+    calibration_tokens: int = Field(ge=0)
+
+
 class MoeManifest(StrictModel):
     """The whole ``edgecoe.json`` of an MoE package."""
 
@@ -196,14 +229,20 @@ class MoeManifest(StrictModel):
     quantization: Quantization | None = None
     predictor: PredictorRecord | None = None
     source: str = Field(default="", description="where the checkpoint came from (informational)")
+    variants: list[VariantRecord] = Field(default_factory=list, max_length=64, description=(
+        "fine-tuned variants sharing experts (empty: one model)"))
+    consolidation: Consolidation | None = None
 
     @model_validator(mode="after")
     def _counts_agree(self) -> MoeManifest:
         if len(self.layers) != self.model.num_layers:
             raise ValueError(f"{len(self.layers)} layers listed, model.num_layers={self.model.num_layers}")
-        wrong = [i for i, layer in enumerate(self.layers) if len(layer.experts) != self.moe.num_experts]
-        if wrong:
-            raise ValueError(f"layers {wrong} do not list moe.num_experts={self.moe.num_experts} expert files")
+        if self.variants:
+            self._check_variants()
+        else:
+            wrong = [i for i, layer in enumerate(self.layers) if len(layer.experts) != self.moe.num_experts]
+            if wrong:
+                raise ValueError(f"layers {wrong} do not list moe.num_experts={self.moe.num_experts} expert files")
         if self.embed.shape != [self.model.vocab_size, self.model.hidden_size]:
             raise ValueError(f"embed.shape={self.embed.shape} is not [vocab_size, hidden_size]="
                              f"{[self.model.vocab_size, self.model.hidden_size]}")
@@ -227,16 +266,74 @@ class MoeManifest(StrictModel):
                                  f"{self.moe.num_experts} experts float32")
         return self
 
+    def _check_variants(self) -> None:
+        first = self.variants[0]
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names repeat: {names}")
+        if (first.embed != self.embed or first.head != self.head
+                or [f.path for f in first.dense] != [layer.dense.path for layer in self.layers]):
+            raise ValueError(f"variant {first.name!r} (the first) must use the package's top-level embed, head "
+                             "and dense layers")
+        identity = [list(range(self.moe.num_experts))] * len(self.layers)
+        if first.experts != identity:
+            raise ValueError(f"variant {first.name!r} (the first) must map slot e to stored expert e")
+        short = [i for i, layer in enumerate(self.layers) if len(layer.experts) < self.moe.num_experts]
+        if short:
+            raise ValueError(f"layers {short} store fewer than moe.num_experts={self.moe.num_experts} experts")
+        used: set[tuple[int, int]] = set()
+        for v in self.variants:
+            if len(v.dense) != len(self.layers) or len(v.experts) != len(self.layers):
+                raise ValueError(f"variant {v.name!r} lists {len(v.dense)} dense parts and {len(v.experts)} expert "
+                                 f"maps for {len(self.layers)} layers")
+            if v.embed.shape != self.embed.shape:
+                raise ValueError(f"variant {v.name!r}: embed.shape={v.embed.shape}, the package's is {self.embed.shape}")
+            for i, row in enumerate(v.experts):
+                stored = len(self.layers[i].experts)
+                if len(row) != self.moe.num_experts or any(not 0 <= e < stored for e in row):
+                    raise ValueError(f"variant {v.name!r} layer {i}: expert map {row} must give each of "
+                                     f"{self.moe.num_experts} slots a stored expert below {stored}")
+                used.update((i, e) for e in row)
+        unused = [expert_name(i, e) for i, layer in enumerate(self.layers) for e in range(len(layer.experts))
+                  if (i, e) not in used]
+        if unused:
+            raise ValueError(f"stored experts {unused[:4]} belong to no variant")
+
+    def variant(self, name: str | None) -> VariantRecord | None:
+        """The variant called ``name`` (None: the first); None for a package without variants.
+
+        Raises:
+            KeyError: no such variant (the message lists them).
+        """
+        if not self.variants:
+            if name is not None:
+                raise KeyError(f"package {self.name!r} has no variants; asked for {name!r}")
+            return None
+        if name is None:
+            return self.variants[0]
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(f"package {self.name!r} has no variant {name!r}; it has {', '.join(x.name for x in self.variants)}")
+
     def expert_names(self) -> list[str]:
-        """Every routed expert's cache name, ``L{layer}.E{expert}``, layer by layer."""
-        return [expert_name(layer, e) for layer in range(len(self.layers)) for e in range(self.moe.num_experts)]
+        """Every stored routed expert's cache name, ``L{layer}.E{index}``, layer by layer."""
+        return [expert_name(layer, e) for layer, record in enumerate(self.layers) for e in range(len(record.experts))]
 
     def files(self) -> list[FileRecord]:
-        """Every file of the package, the manifest excepted."""
-        return [*self.tokenizer, self.embed.file, self.head,
-                *(f for layer in self.layers for f in (layer.dense, *layer.experts)),
-                *([self.predictor.file] if self.predictor is not None else []),
-                *([self.predictor.activations] if self.predictor is not None and self.predictor.activations else [])]
+        """Every file of the package, the manifest excepted (each once)."""
+        records = [*self.tokenizer, self.embed.file, self.head,
+                   *(f for layer in self.layers for f in (layer.dense, *layer.experts)),
+                   *([self.predictor.file] if self.predictor is not None else []),
+                   *([self.predictor.activations] if self.predictor is not None and self.predictor.activations else []),
+                   *(f for v in self.variants for f in (v.embed.file, v.head, *v.dense))]
+        seen: set[str] = set()
+        out = []
+        for record in records:
+            if record.path not in seen:
+                seen.add(record.path)
+                out.append(record)
+        return out
 
     @property
     def expert_bytes(self) -> int:
@@ -245,7 +342,8 @@ class MoeManifest(StrictModel):
 
     @property
     def total_expert_bytes(self) -> int:
-        return self.expert_bytes * self.moe.num_experts * len(self.layers)
+        """Bytes of every stored routed expert."""
+        return self.expert_bytes * sum(len(layer.experts) for layer in self.layers)
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, so identical packages have identical bytes."""
@@ -257,6 +355,20 @@ class MoeManifest(StrictModel):
 def expert_name(layer: int, expert: int) -> str:
     """The cache name of routed expert ``expert`` of layer ``layer``."""
     return f"L{layer:03d}.E{expert:03d}"
+
+
+class SlotNames:
+    """The cache name of (layer, slot) under one variant's expert map (the identity without variants).
+
+    Mutable on purpose: the model and its schedule share one, and a variant switch changes the
+    map in place, so every later name is the new variant's.
+    """
+
+    def __init__(self, maps: list[list[int]] | None = None) -> None:
+        self.maps = maps
+
+    def __call__(self, layer: int, slot: int) -> str:
+        return expert_name(layer, self.maps[layer][slot] if self.maps is not None else slot)
 
 
 def parse_expert_name(name: str) -> tuple[int, int]:

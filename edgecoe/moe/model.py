@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from edgecoe.cache import ExpertCache
 from edgecoe.config import parse_budget
 from edgecoe.errors import InvalidInputError, PackageError, Problem, ProviderUnavailableError, SessionError
 from edgecoe.loaders import ExpertLoader, LoadedExpert
-from edgecoe.moe.manifest import MoeManifest, expert_name
+from edgecoe.moe.manifest import MoeManifest, SlotNames, VariantRecord
 from edgecoe.moe.package import MoePackage
 from edgecoe.moe.predictors import package_activations, package_predictor
 from edgecoe.moe.prefetch import Prefetcher
@@ -68,6 +68,8 @@ class MoeConfig:
         intra_op_threads: ONNX Runtime threads per session; 0 lets ORT decide.
         preload: fill the budget with experts at start (layer by layer, never evicting), so
             the first tokens do not wait for loads; with a 100 % budget every expert is resident.
+        variant: which fine-tuned variant of a consolidated package to serve first (None: its first);
+            :meth:`MoeModel.use_variant` switches later.
         decode_prefetch: whether the ``edgecoe`` schedule fetches predicted experts ahead in decode:
             ``auto`` (on CUDA devices only; :func:`~edgecoe.moe.schedules.decode_prefetch_for` says why),
             ``on`` or ``off``.
@@ -79,6 +81,7 @@ class MoeConfig:
     intra_op_threads: int = 0
     preload: bool = True
     decode_prefetch: DecodePrefetch = "auto"
+    variant: str | None = None
 
     def validate(self) -> None:
         if self.policy not in SCHEDULES:
@@ -188,12 +191,16 @@ class MoeModel:
         # (2 cores, measured while tuning) decode went from 11 to 25 tokens/s with spinning off, and
         # was 3 with it on and 2 threads per session.
         session_config = {"session.intra_op.allow_spinning": "0"}
-        embed = manifest.embed
-        self.embed = read_exact(package.path(embed.file), embed.file.bytes).view(np.float32).reshape(embed.shape)
-        self.dense = [create_session(package.path(layer.dense), providers=providers, intra_op_threads=threads,
-                                     session_config=session_config) for layer in manifest.layers]
-        self.head = create_session(package.path(manifest.head), providers=providers, intra_op_threads=threads,
-                                   session_config=session_config)
+        self._providers, self._threads, self._session_config = providers, threads, session_config
+        try:
+            variant = manifest.variant(self.config.variant)
+        except KeyError as exc:
+            raise InvalidInputError(str(exc.args[0])) from None
+        self.variant: str | None = variant.name if variant is not None else None
+        self.names = SlotNames(variant.experts if variant is not None else None)
+        self.variant_switches = 0
+        self.variant_switch_ms = 0.0
+        self.embed, self.dense, self.head = self._dense_parts(variant)
         self.runner = ExpertRunner(manifest.expert_format, hidden_size=self.shape.hidden_size,
                                    intermediate_size=manifest.moe.intermediate_size, providers=providers,
                                    placement=placement, intra_op_threads=threads, session_config=session_config)
@@ -203,12 +210,13 @@ class MoeModel:
             raise InvalidInputError(f"expert budget {budget} bytes is below one expert ({manifest.expert_bytes} "
                                     "bytes); raise --budget")
         try:
-            self.schedule = create_schedule(self.config.policy, ScheduleContext(
+            self.schedule_context = ScheduleContext(
                 num_layers=len(manifest.layers), num_experts=manifest.moe.num_experts, top_k=manifest.moe.top_k,
                 budget_experts=budget // manifest.expert_bytes,
-                load_routers=lambda: [router_weights(package.path(layer.dense)) for layer in manifest.layers],
-                predictor=package_predictor(package), activations=package_activations(package),
-                decode_prefetch=decode_prefetch_for(self.config.decode_prefetch, self.config.device)))
+                load_routers=self._routers, predictor=package_predictor(package),
+                activations=package_activations(package), name=self.names,
+                decode_prefetch=decode_prefetch_for(self.config.decode_prefetch, self.config.device))
+            self.schedule = create_schedule(self.config.policy, self.schedule_context)
         except ValueError as exc:
             raise InvalidInputError(f"{package.root}: {exc}") from None
         self.cache: ExpertCache[LoadedExpert[ExpertWeights]] = ExpertCache(
@@ -224,12 +232,61 @@ class MoeModel:
         self._inv_freq = 1.0 / (np.float32(self.shape.rope_theta) ** (
             np.arange(0, self.shape.head_dim, 2, dtype=np.float32) / np.float32(self.shape.head_dim)))
 
+    def _dense_parts(self, variant: VariantRecord | None) -> tuple[np.ndarray, list[Any], Any]:
+        """The embedding table, dense layer sessions and head session of ``variant`` (None: the package's)."""
+        manifest, package = self.manifest, self.package
+        embed = variant.embed if variant is not None else manifest.embed
+        dense = variant.dense if variant is not None else [layer.dense for layer in manifest.layers]
+        head = variant.head if variant is not None else manifest.head
+        table = read_exact(package.path(embed.file), embed.file.bytes).view(np.float32).reshape(embed.shape)
+        def session(path: Path) -> Any:
+            return create_session(path, providers=self._providers, intra_op_threads=self._threads,
+                                  session_config=self._session_config)
+
+        return table, [session(package.path(f)) for f in dense], session(package.path(head))
+
+    def _routers(self) -> list[np.ndarray]:
+        variant = self.manifest.variant(self.variant) if self.manifest.variants else None
+        files = variant.dense if variant is not None else [layer.dense for layer in self.manifest.layers]
+        return [router_weights(self.package.path(f)) for f in files]
+
+    def use_variant(self, name: str) -> float:
+        """Serve variant ``name`` of a consolidated package from now on; returns the milliseconds the switch took.
+
+        Its non-expert parts (embeddings, attention, norms, routers, head) replace the current
+        ones; its routed experts are looked up through its own map, so the experts it shares with
+        the previous variant stay resident and only the ones it does not share load when routed.
+
+        Raises:
+            InvalidInputError: the package has no such variant.
+        """
+        if name == self.variant:
+            return 0.0
+        try:
+            variant = self.manifest.variant(name)
+        except KeyError as exc:
+            raise InvalidInputError(str(exc.args[0])) from None
+        assert variant is not None
+        started = time.perf_counter()
+        self.embed, self.dense, self.head = self._dense_parts(variant)
+        self.variant = variant.name
+        self.names.maps = variant.experts
+        self.schedule_context.forget_routers()
+        ended = time.perf_counter()
+        if self.timeline is not None:
+            self.timeline.add(f"switch to {variant.name}", "load", started, ended)
+        elapsed = (ended - started) * 1e3
+        self.variant_switches += 1
+        self.variant_switch_ms += elapsed
+        return elapsed
+
     def preload(self) -> list[str]:
-        """Load experts into free room, layer by layer, never evicting; returns those loaded.
+        """Load the served variant's experts into free room, layer by layer, never evicting; returns those loaded.
 
         NOTE: layer-major order, not by usage: a package carries no routing statistics yet.
         """
-        return self.cache.preload(self.manifest.expert_names())
+        return self.cache.preload([self.names(layer, e) for layer in range(len(self.manifest.layers))
+                                   for e in range(self.manifest.moe.num_experts)])
 
     def _load(self, expert: str) -> tuple[LoadedExpert[ExpertWeights], int]:
         started = time.perf_counter()
@@ -337,7 +394,7 @@ class MoeModel:
         chosen, weights = route(logits, top_k=moe.top_k, normalize=moe.norm_topk_prob)
         out = np.zeros_like(x)
         indices = np.unique(chosen)
-        names = [expert_name(layer, int(i)) for i in indices]
+        names = [self.names(layer, int(i)) for i in indices]
         if self.observer is not None:
             self.observer(layer, phase, x, chosen)
         ahead = self.schedule.routed(layer, phase, x, chosen, self.cache)

@@ -41,7 +41,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from edgecoe.cache.policies import CandidateView, EvictionPolicy, LruPolicy
-from edgecoe.moe.manifest import expert_name, parse_expert_name
+from edgecoe.moe.manifest import SlotNames, parse_expert_name
 
 Phase = Literal["prefill", "decode"]
 
@@ -58,6 +58,8 @@ class ScheduleContext:
         predictor: the package's trained next-layer predictor weights, if it ships one.
         activations: the package's traced expert activation matrices ``[requests, layers, experts]``
             (each layer's row sums to 1), if it ships them.
+        name: the cache name of (layer, slot) for the variant being served (schedules name experts
+            only through it).
         decode_prefetch: whether the ``edgecoe`` schedule fetches predicted experts ahead in decode
             (:func:`decode_prefetch_for` decides it per device); without it the prediction only ranks
             residents for eviction.
@@ -71,6 +73,11 @@ class ScheduleContext:
     predictor: np.ndarray | None = field(default=None, repr=False)
     activations: np.ndarray | None = field(default=None, repr=False)
     decode_prefetch: bool = True
+    name: SlotNames = field(default_factory=SlotNames, repr=False)
+
+    def forget_routers(self) -> None:
+        """Drop the parsed router weights (after a variant switch: the next use reads the new ones)."""
+        self.__dict__.pop("routers", None)  # the cached_property's slot; the dataclass is frozen
 
     @cached_property
     def routers(self) -> list[np.ndarray]:
@@ -186,7 +193,7 @@ def speculate(context: ScheduleContext, layer: int, moe_input: np.ndarray, count
     if nxt >= context.num_layers or count <= 0:
         return []
     best = np.argsort(-speculative_probs(context, layer, moe_input), kind="stable")[:count]
-    return [expert_name(nxt, int(e)) for e in best]
+    return [context.name(nxt, int(e)) for e in best]
 
 
 class MixtralOffload:
@@ -238,19 +245,19 @@ class PhaseAware:
     def layer_start(self, layer: int, phase: Phase) -> list[str]:
         if phase != "prefill":
             return []
-        return [expert_name(layer, e) for e in range(self.context.num_experts)]
+        return [self.context.name(layer, e) for e in range(self.context.num_experts)]
 
     def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray,
                resident: Container[str] = frozenset()) -> list[str]:
         if phase == "prefill":
             # this layer's chosen experts not loaded yet come first; the next layer streams in
             # behind them as this layer's experts are dropped once run (see ran)
-            used = [expert_name(layer, int(e)) for e in np.unique(chosen)]
+            used = [self.context.name(layer, int(e)) for e in np.unique(chosen)]
             nxt = layer + 1
             if nxt >= self.context.num_layers:
                 return used
             room = max(self.prefill_window - len(used), 0)
-            return used + [expert_name(nxt, e) for e in range(self.context.num_experts)][:room]
+            return used + [self.context.name(nxt, e) for e in range(self.context.num_experts)][:room]
         self.last_used[layer] = frozenset(int(e) for e in np.unique(chosen))
         nxt = layer + 1
         if nxt >= self.context.num_layers:
@@ -264,7 +271,7 @@ class PhaseAware:
             value = speculative_probs(self.context, layer, moe_input)
             for e in previous:
                 value[e] += STICKY_BONUS
-        names = [expert_name(nxt, e) for e in range(self.context.num_experts)]
+        names = [self.context.name(nxt, e) for e in range(self.context.num_experts)]
         self.policy.scores.update(zip(names, value.tolist(), strict=True))
         if not self.context.decode_prefetch:
             return []  # the prediction still ranks the layer's residents for eviction
@@ -287,7 +294,7 @@ class PhaseAware:
     def prefill_start(self, resident: Iterable[str]) -> list[str]:
         # Keep what the prefill's first layers stream in anyway (layer 0, then layer 1, up to the
         # window); everything else goes, so the prefill peak is the window, not the decode budget.
-        keep = {expert_name(layer, e) for layer in range(min(2, self.context.num_layers))
+        keep = {self.context.name(layer, e) for layer in range(min(2, self.context.num_layers))
                 for e in range(self.context.num_experts)}
         kept: list[str] = sorted(name for name in resident if name in keep)[:self.prefill_window]
         return [name for name in resident if name not in kept]
@@ -297,7 +304,7 @@ class PhaseAware:
         if phase != "prefill":
             return []
         used = set(np.unique(chosen).tolist())
-        return [expert_name(layer, e) for e in range(self.context.num_experts) if e not in used]
+        return [self.context.name(layer, e) for e in range(self.context.num_experts) if e not in used]
 
 
 class ActivationPolicy:
@@ -373,7 +380,7 @@ class MoeInfinity:
             ahead = (later - layer) % num_layers
             discount = 1.0 - ahead / num_layers
             for e in range(num_experts):
-                name = expert_name(later, e)
+                name = self.context.name(later, e)
                 value = float(matched[later, e]) * discount
                 self.policy.scores[name] = value
                 if 1 <= ahead <= self.lookahead:
