@@ -461,15 +461,17 @@ def section_moe_variants() -> list[str]:
     moved: dict[str, dict[str, float]] = data["moved"]  # type: ignore[assignment]
     lines += ["How far each variant's experts moved from the first variant's (functional distance per slot): " + "; ".join(
         f"{name}: median {m['median']:.3f}, {m['below_0.05']:.0%} within 0.05" for name, m in moved.items()) + ".", ""]
-    lines += ["| setting | threshold | experts stored | size vs 4 copies | variant | ppl unmerged | ppl consolidated "
-              "| change | ppl average | ppl TIES | same tokens |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| setting | threshold | experts stored | size vs 4 copies | variant | ppl base | ppl unmerged | "
+              "ppl consolidated | change | ppl average | ppl TIES | same tokens |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     points: list[dict[str, Any]] = data["points"]  # type: ignore[assignment]
     for point in points:
         for i, q in enumerate(point["quality"]):
             head = (f"| {point['setting']} | {point['threshold']:.3f} | {point['stored_experts']} / "
                     f"{point['total_experts']} | {point['memory_ratio']:.0%} |" if i == 0 else "| | | | |")
             change = q["perplexity_consolidated"] / q["perplexity_unmerged"] - 1
-            lines.append(f"{head} {q['variant']} | {q['perplexity_unmerged']:.2f} | {q['perplexity_consolidated']:.2f} "
+            lines.append(f"{head} {q['variant']} | {q['perplexity_base']:.2f} | {q['perplexity_unmerged']:.2f} | "
+                         f"{q['perplexity_consolidated']:.2f} "
                          f"| {change:+.1%} | {q['perplexity_average']:.2f} | {q['perplexity_ties']:.2f} | "
                          f"{q['token_agreement']:.0%} |")
     target = points[0]

@@ -413,6 +413,21 @@ def demo_build(recipe: str, output: Path | None, force: bool) -> None:
     console.print(f"wrote {escape(str(built))}: {len(pkg.experts)} experts, {format_bytes(pkg.total_bytes)} of models")
 
 
+@contextmanager
+def _build_steps(console: Console, name: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar for a build, and the (what, done, total) callback that drives it; without a
+    terminal, a line every 50 steps instead."""
+    with _progress(console) as progress:
+        task = progress.add_task(f"building {name}", total=None, item="")
+
+        def step(what: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, item=escape(what))
+            if not console.is_terminal and (done == total or done % 50 == 0):
+                console.print(f"  {escape(what)} ({done}/{total})")
+
+        yield step
+
+
 def _build_moe_demo(console: Console, recipe: Path, output: Path | None, *, force: bool) -> None:
     from edgecoe.moe.demo import build_moe_demo, load_moe_recipe
     from edgecoe.moe.package import load_moe_package
@@ -422,14 +437,7 @@ def _build_moe_demo(console: Console, recipe: Path, output: Path | None, *, forc
     if (dest / "edgecoe.json").is_file() and not force:
         console.print(f"{escape(str(dest))} is already built (--force rebuilds it)")
         return
-    with _progress(console) as progress:
-        task = progress.add_task(f"building {parsed.name}", total=None, item="")
-
-        def step(what: str, done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total, item=escape(what))
-            if not console.is_terminal and (done == total or done % 50 == 0):
-                console.print(f"  {escape(what)} ({done}/{total})")
-
+    with _build_steps(console, parsed.name) as step:
         package, checkpoint = build_moe_demo(recipe, models_dir=dest.parent, dest=dest, force=force, progress=step)
     moe = load_moe_package(package)
     console.print(f"wrote {escape(str(checkpoint))} (Hugging Face checkpoint) and {escape(str(package))}: "
@@ -448,14 +456,7 @@ def _build_variants_demo(console: Console, recipe: Path, output: Path | None, *,
     if (dest / "edgecoe.json").is_file() and not force:
         console.print(f"{escape(str(dest))} is already built (--force rebuilds it)")
         return
-    with _progress(console) as progress:
-        task = progress.add_task(f"building {parsed.name}", total=None, item="")
-
-        def step(what: str, done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total, item=escape(what))
-            if not console.is_terminal and (done == total or done % 50 == 0):
-                console.print(f"  {escape(what)} ({done}/{total})")
-
+    with _build_steps(console, parsed.name) as step:
         report, _ = build_variants(recipe, models_dir=dest.parent, dest=dest, force=force, progress=step)
     console.print(f"wrote {escape(str(report.package))}: {len(report.variants)} variants, "
                   f"{report.stored_experts} of {report.total_experts} experts stored "
@@ -463,12 +464,13 @@ def _build_variants_demo(console: Console, recipe: Path, output: Path | None, *,
                   f"{report.memory_ratio:.0%} of separate copies")
     manifest = load_moe_package(report.package).manifest
     table = Table(title="held-out perplexity per variant (its own domain)")
-    for column in ("variant", "domain", "unmerged", "consolidated", "average merge", "TIES merge", "same tokens"):
+    for column in ("variant", "domain", "base", "unmerged", "consolidated", "average merge", "TIES merge",
+                   "same tokens"):
         table.add_column(column, justify="left" if column in ("variant", "domain") else "right")
     for v in manifest.variants:
         q = v.quality
         if q:
-            table.add_row(escape(v.name), escape(v.domain), f"{q['perplexity_unmerged']:.2f}",
+            table.add_row(escape(v.name), escape(v.domain), f"{q['perplexity_base']:.2f}", f"{q['perplexity_unmerged']:.2f}",
                           f"{q['perplexity_consolidated']:.2f}", f"{q['perplexity_average']:.2f}",
                           f"{q['perplexity_ties']:.2f}", f"{q['token_agreement']:.0%}")
     console.print(table)

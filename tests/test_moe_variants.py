@@ -196,3 +196,25 @@ def test_variant_recipes_are_validated(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_variants_recipe(recipe)
     assert "variants" in str(info.value) and "poetry" in str(info.value)
+
+
+def test_consolidate_and_generate_from_the_command_line(variant_set: dict[str, Path], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgecoe.cli import main
+
+    text = tmp_path / "docs.txt"
+    text.write_text("\n".join(domain_text("docs")[0])[:60_000])
+    out = tmp_path / "set"
+    args = ["consolidate", f"a={variant_set['a']}", f"c={variant_set['c']}", "-o", str(out),
+            "--calibration", f"a={text}", "--calibration", f"c={text}", "--memory-target", "95%"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "2 variants" in result.output and "of separate copies" in result.output
+    result = CliRunner().invoke(main, ["generate", str(out), "--variant", "c", "--prompt", "The for", "--max-new-tokens",
+                                       "3", "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["generate", str(out), "--variant", "zz", "--prompt", "x"])
+    assert result.exit_code != 0 and "has no variant 'zz'; it has a, c" in result.output
+    result = CliRunner().invoke(main, [*args[:5], "--calibration", f"a={text}", "--force"])
+    assert result.exit_code != 0 and "missing: ['c']" in result.output

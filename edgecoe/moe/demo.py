@@ -54,12 +54,17 @@ class MoeRecipe(StrictModel):
     router_aux_loss_coef: float = Field(default=0.02, ge=0)
 
 
-def is_moe_recipe(path: Path) -> bool:
-    """Whether the recipe file declares ``kind: moe`` (read as text: recipes are small)."""
+def recipe_declares(path: Path, kind: str) -> bool:
+    """Whether the recipe file declares ``kind: KIND`` (read as text: recipes are small)."""
     try:
-        return any(line.strip() == "kind: moe" for line in path.read_text(encoding="utf-8").splitlines())
+        return any(line.strip() == f"kind: {kind}" for line in path.read_text(encoding="utf-8").splitlines())
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def is_moe_recipe(path: Path) -> bool:
+    """Whether the recipe file declares ``kind: moe``."""
+    return recipe_declares(path, "moe")
 
 
 def load_moe_recipe(path: str | Path) -> MoeRecipe:

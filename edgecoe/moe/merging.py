@@ -100,6 +100,7 @@ class VariantQuality:
     variant: str
     domain: str
     tokens: int
+    perplexity_base: float  # the model before fine-tuning: what the fine-tune gained
     perplexity_unmerged: float
     perplexity_consolidated: float
     perplexity_average: float
@@ -135,6 +136,7 @@ def variant_quality(package: Path, checkpoints: Mapping[str, Path], domains: Map
         paths = [Path(checkpoints[n]) for n in names]
         merges = {"average": average_merge(paths, root / "average-hf"),
                   "ties": ties_merge(base, paths, root / "ties-hf")}
+        merges["base"] = base
         merged_packages = {k: export_moe(v, root / k, name=k).package for k, v in merges.items()}
 
         def measure(pkg: Path, variant: str | None, text: str, asks: list[str]) -> tuple[float, int, list[list[int]]]:
@@ -156,9 +158,10 @@ def variant_quality(package: Path, checkpoints: Mapping[str, Path], domains: Map
             ppl_c, _, got = measure(package, name, text, asks)
             ppl_a, _, _ = measure(merged_packages["average"], None, text, [])
             ppl_t, _, _ = measure(merged_packages["ties"], None, text, [])
+            ppl_b, _, _ = measure(merged_packages["base"], None, text, [])
             same = sum(a == b for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=False))
             total = sum(len(w) for w in want)
-            out.append(VariantQuality(name, str(domain), count, ppl_u, ppl_c, ppl_a, ppl_t,
+            out.append(VariantQuality(name, str(domain), count, ppl_b, ppl_u, ppl_c, ppl_a, ppl_t,
                                       same / total if total else 1.0))
     return out
 

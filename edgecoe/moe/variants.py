@@ -76,11 +76,10 @@ class VariantsRecipe(StrictModel):
 
 
 def is_variants_recipe(path: Path) -> bool:
-    """Whether the recipe file declares ``kind: moe-variants`` (read as text: recipes are small)."""
-    try:
-        return any(line.strip() == "kind: moe-variants" for line in path.read_text(encoding="utf-8").splitlines())
-    except (OSError, UnicodeDecodeError):
-        return False
+    """Whether the recipe file declares ``kind: moe-variants``."""
+    from edgecoe.moe.demo import recipe_declares
+
+    return recipe_declares(path, "moe-variants")
 
 
 def load_variants_recipe(path: str | Path) -> VariantsRecipe:
