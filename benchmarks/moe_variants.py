@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", type=Path, default=Path("models/recipes/moe-tiny-variants.yaml"))
     parser.add_argument("--models", type=Path, default=Path("models"))
-    parser.add_argument("--thresholds", default="0.02,0.05,0.1", help="fixed thresholds compared beside the target")
+    parser.add_argument("--thresholds", default="0.05,0.2,0.5", help="fixed thresholds compared beside the target")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     recipe = load_variants_recipe(args.recipe)

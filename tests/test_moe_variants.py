@@ -218,3 +218,14 @@ def test_consolidate_and_generate_from_the_command_line(variant_set: dict[str, P
     assert result.exit_code != 0 and "has no variant 'zz'; it has a, c" in result.output
     result = CliRunner().invoke(main, [*args[:5], "--calibration", f"a={text}", "--force"])
     assert result.exit_code != 0 and "missing: ['c']" in result.output
+
+
+def test_inspect_shows_the_variants_and_what_they_share(consolidated: Path) -> None:
+    from edgecoe.moe.inspect import moe_summary
+
+    summary = moe_summary(load_moe_package(consolidated))
+    assert [v["name"] for v in summary["variants"]] == ["a", "b", "c"]  # type: ignore[attr-defined]
+    assert summary["consolidation"]["stored_experts"] == 36  # type: ignore[index]
+    assert summary["num_experts"] == 36
+    record = load_moe_package(consolidated).manifest.consolidation
+    assert record is not None and summary["total_bytes"] == record.consolidated_bytes

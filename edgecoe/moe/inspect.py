@@ -26,10 +26,14 @@ def moe_summary(pkg: MoePackage) -> dict[str, object]:
         "expert_bytes": m.expert_bytes,
         "num_experts": len(m.expert_names()),
         "total_expert_bytes": m.total_expert_bytes,
-        "dense_bytes": m.embed.file.bytes + m.head.bytes + sum(layer.dense.bytes for layer in m.layers),
+        "dense_bytes": sum(f.bytes for f in m.files()) - m.total_expert_bytes - sum(f.bytes for f in m.tokenizer)
+        - sum(f.bytes for f in ([m.predictor.file, *([m.predictor.activations] if m.predictor.activations else [])]
+                                if m.predictor is not None else [])),
         "total_bytes": sum(f.bytes for f in m.files()),
         "quantization": quant.model_dump() if quant is not None else None,
         "predictor": m.predictor.model_dump() if m.predictor is not None else None,
+        "variants": [{"name": v.name, "domain": v.domain, "quality": v.quality} for v in m.variants],
+        "consolidation": m.consolidation.model_dump() if m.consolidation is not None else None,
         "tokenizer_files": [f.path for f in m.tokenizer],
         "source": m.source,
     }
@@ -71,5 +75,17 @@ def render_moe_summary(pkg: MoePackage, console: Console) -> None:
         recall = ", ".join(f"top-{n} {r:.1%}" for n, r in m.predictor.recall.items())
         console.print(f"next-layer predictor: {m.predictor.kind}, trained on {shown(m.predictor.trained_on)}; "
                       f"held-out recall {recall}")
+    if m.variants and m.consolidation is not None:
+        c = m.consolidation
+        console.print(f"{len(m.variants)} fine-tuned variants sharing experts: {c.stored_experts} stored for "
+                      f"{len(m.variants) * m.moe.num_experts * len(m.layers)} slots (threshold {c.threshold:.3f}), "
+                      f"{c.consolidated_bytes / 1e6:.1f} MB = {c.consolidated_bytes / max(c.separate_bytes, 1):.0%} of "
+                      "separate copies")
+        for v in m.variants:
+            share = c.shared.get(v.name)
+            ppl = v.quality.get("perplexity_consolidated"), v.quality.get("perplexity_unmerged")
+            quality = f"; perplexity {ppl[0]:.2f} (unmerged {ppl[1]:.2f})" if None not in ppl else ""
+            console.print(f"  {shown(v.name)} ({shown(v.domain) or 'domain not recorded'}): shares "
+                          f"{'-' if share is None else f'{share:.0%}'} of its experts{quality}")
     eos = ", ".join(str(t) for t in m.model.eos_token_ids) or "none"
     console.print(f"tokenizer: {shown(', '.join(f.path for f in m.tokenizer))}; stop tokens {eos}")
