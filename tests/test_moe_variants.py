@@ -229,3 +229,24 @@ def test_inspect_shows_the_variants_and_what_they_share(consolidated: Path) -> N
     assert summary["num_experts"] == 36
     record = load_moe_package(consolidated).manifest.consolidation
     assert record is not None and summary["total_bytes"] == record.consolidated_bytes
+
+
+def test_a_variants_non_expert_parts_are_budgeted_cache_entries(consolidated: Path) -> None:
+    package = load_moe_package(consolidated)
+    manifest = package.manifest
+    model = MoeModel(package, MoeConfig(variant="a", preload=False))
+    assert model.cache.resident() == {"dense:a"}  # pinned while served
+    dense_a = sum(f.bytes for f in (manifest.variants[0].embed.file, manifest.variants[0].head,
+                                    *manifest.variants[0].dense))
+    assert model.cache.used_bytes == dense_a
+    loads = model.cache.stats.num_misses
+    model.use_variant("c")
+    assert {"dense:a", "dense:c"} <= model.cache.resident() and model.cache.stats.num_misses == loads + 1
+    model.use_variant("a")  # still resident: a hit, no load
+    assert model.cache.stats.num_misses == loads + 1 and model.variant_switches == 2
+    model.cache.drop(["dense:a", "dense:c"])  # the served one is pinned: only c goes
+    assert model.cache.resident() == {"dense:a"}
+    model.close()
+    # a budget below one expert plus one variant's parts is refused with the figure
+    with pytest.raises(InvalidInputError, match="below one expert and one variant"):
+        MoeModel(package, MoeConfig(budget=dense_a, variant="a"))

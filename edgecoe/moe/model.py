@@ -161,6 +161,19 @@ def route(logits: np.ndarray, *, top_k: int, normalize: bool) -> tuple[np.ndarra
     return order.astype(np.int64), weights.astype(np.float32)
 
 
+DENSE_PREFIX = "dense:"
+"""Cache name prefix of a variant's non-expert parts (``dense:code``)."""
+
+
+@dataclass(frozen=True)
+class DenseParts:
+    """One variant's non-expert parts, ready to run: embedding table, dense layer sessions, head."""
+
+    embed: np.ndarray
+    layers: list[Any]
+    head: Any
+
+
 class MoeModel:
     """The serving parts of one MoE package; see the module docstring.
 
@@ -200,39 +213,49 @@ class MoeModel:
         self.names = SlotNames(variant.experts if variant is not None else None)
         self.variant_switches = 0
         self.variant_switch_ms = 0.0
-        self.embed, self.dense, self.head = self._dense_parts(variant)
+        # A single model's non-expert parts load once, outside the budget. A variant package's are
+        # cache entries (DENSE_PREFIX + variant) under the same budget as the experts, so a variant
+        # switch is a load like any other, and a variant not served lately can be evicted.
+        self._dense_bytes = {v.name: sum(f.bytes for f in (v.embed.file, v.head, *v.dense)) for v in manifest.variants}
+        self._pinned: str | None = None
+        if variant is None:
+            parts = self._dense_parts(None)
+            self.embed, self.dense, self.head = parts.embed, parts.layers, parts.head
         self.runner = ExpertRunner(manifest.expert_format, hidden_size=self.shape.hidden_size,
                                    intermediate_size=manifest.moe.intermediate_size, providers=providers,
                                    placement=placement, intra_op_threads=threads, session_config=session_config)
         total = manifest.total_expert_bytes
         budget = total if self.config.budget is None else parse_budget(self.config.budget, total_bytes=total)
-        if budget < manifest.expert_bytes:
-            raise InvalidInputError(f"expert budget {budget} bytes is below one expert ({manifest.expert_bytes} "
-                                    "bytes); raise --budget")
+        least = manifest.expert_bytes + max(self._dense_bytes.values(), default=0)
+        if budget < least:
+            raise InvalidInputError(f"expert budget {budget} bytes is below one expert"
+                                    f"{' and one variant' if self._dense_bytes else ''} ({least} bytes); raise --budget")
         try:
             self.schedule_context = ScheduleContext(
                 num_layers=len(manifest.layers), num_experts=manifest.moe.num_experts, top_k=manifest.moe.top_k,
-                budget_experts=budget // manifest.expert_bytes,
+                budget_experts=(budget - max(self._dense_bytes.values(), default=0)) // manifest.expert_bytes,
                 load_routers=self._routers, predictor=package_predictor(package),
                 activations=package_activations(package), name=self.names,
                 decode_prefetch=decode_prefetch_for(self.config.decode_prefetch, self.config.device))
             self.schedule = create_schedule(self.config.policy, self.schedule_context)
         except ValueError as exc:
             raise InvalidInputError(f"{package.root}: {exc}") from None
-        self.cache: ExpertCache[LoadedExpert[ExpertWeights]] = ExpertCache(
-            budget_bytes=budget, loader=self._load, unloader=self.loader.unload,
-            size_of=self.loader.footprint_bytes, policy=self.schedule.eviction)
+        self.cache: ExpertCache[LoadedExpert[Any]] = ExpertCache(
+            budget_bytes=budget, loader=self._load, unloader=self._unload, size_of=self._size_of,
+            policy=self.schedule.eviction)
         self.prefetcher = Prefetcher(self.cache)
         self.stats = StepStats()
         self.observer: Observer | None = None  # sees every routing decision (traces)
         self.timeline: Timeline | None = None  # records loads and compute when set
         self.last_prefill_peak_bytes = 0  # resident expert bytes at most during the last prefill
+        if variant is not None:
+            self._serve(variant.name)
         if self.config.preload:
             self.preload()
         self._inv_freq = 1.0 / (np.float32(self.shape.rope_theta) ** (
             np.arange(0, self.shape.head_dim, 2, dtype=np.float32) / np.float32(self.shape.head_dim)))
 
-    def _dense_parts(self, variant: VariantRecord | None) -> tuple[np.ndarray, list[Any], Any]:
+    def _dense_parts(self, variant: VariantRecord | None) -> DenseParts:
         """The embedding table, dense layer sessions and head session of ``variant`` (None: the package's)."""
         manifest, package = self.manifest, self.package
         embed = variant.embed if variant is not None else manifest.embed
@@ -243,7 +266,39 @@ class MoeModel:
             return create_session(path, providers=self._providers, intra_op_threads=self._threads,
                                   session_config=self._session_config)
 
-        return table, [session(package.path(f)) for f in dense], session(package.path(head))
+        return DenseParts(table, [session(package.path(f)) for f in dense], session(package.path(head)))
+
+    def _load(self, name: str) -> tuple[LoadedExpert[Any], int]:
+        started = time.perf_counter()
+        if name.startswith(DENSE_PREFIX):
+            parts = self._dense_parts(self.manifest.variant(name[len(DENSE_PREFIX):]))
+            loaded: LoadedExpert[Any] = LoadedExpert(parts, self._size_of(name),
+                                                     (time.perf_counter() - started) * 1e3, True, "disk")
+        else:
+            loaded = self.loader.load(name, self.config.device)
+        if self.timeline is not None:
+            self.timeline.add(f"load {name}", "load", started, time.perf_counter())
+        return loaded, loaded.num_bytes
+
+    def _unload(self, name: str, loaded: LoadedExpert[Any]) -> None:
+        if not name.startswith(DENSE_PREFIX):  # a variant's sessions go with the last reference
+            self.loader.unload(name, loaded)
+
+    def _size_of(self, name: str) -> int:
+        if name.startswith(DENSE_PREFIX):
+            return self._dense_bytes[name[len(DENSE_PREFIX):]]
+        return self.loader.footprint_bytes(name)
+
+    def _serve(self, variant: str) -> None:
+        """Pin ``variant``'s non-expert parts in the cache (loading them if evicted) and run with them."""
+        name = DENSE_PREFIX + variant
+        acquired = self.cache.acquire(name)
+        assert acquired is not None, "acquire with wait=True always returns the entry"
+        if self._pinned is not None:
+            self.cache.release(self._pinned)
+        self._pinned = name
+        parts: DenseParts = acquired.handle.handle
+        self.embed, self.dense, self.head = parts.embed, parts.layers, parts.head
 
     def _routers(self) -> list[np.ndarray]:
         variant = self.manifest.variant(self.variant) if self.manifest.variants else None
@@ -268,13 +323,13 @@ class MoeModel:
             raise InvalidInputError(str(exc.args[0])) from None
         assert variant is not None
         started = time.perf_counter()
-        self.embed, self.dense, self.head = self._dense_parts(variant)
+        self.prefetcher.cancel()
+        self.prefetcher.wait_idle()  # the last variant's guesses are no use to this one
+        self._serve(variant.name)
         self.variant = variant.name
         self.names.maps = variant.experts
         self.schedule_context.forget_routers()
         ended = time.perf_counter()
-        if self.timeline is not None:
-            self.timeline.add(f"switch to {variant.name}", "load", started, ended)
         elapsed = (ended - started) * 1e3
         self.variant_switches += 1
         self.variant_switch_ms += elapsed
@@ -287,13 +342,6 @@ class MoeModel:
         """
         return self.cache.preload([self.names(layer, e) for layer in range(len(self.manifest.layers))
                                    for e in range(self.manifest.moe.num_experts)])
-
-    def _load(self, expert: str) -> tuple[LoadedExpert[ExpertWeights], int]:
-        started = time.perf_counter()
-        loaded = self.loader.load(expert, self.config.device)
-        if self.timeline is not None:
-            self.timeline.add(f"load {expert}", "load", started, time.perf_counter())
-        return loaded, loaded.num_bytes
 
     # -- sequences ------------------------------------------------------------------
     def empty_cache(self, batch: int) -> list[LayerCache]:
@@ -428,8 +476,11 @@ class MoeModel:
         return out
 
     def close(self) -> None:
-        """Stop the prefetcher and unload every resident expert."""
+        """Stop the prefetcher and unload every resident expert (and variant)."""
         self.prefetcher.close()
+        if self._pinned is not None:
+            self.cache.release(self._pinned)
+            self._pinned = None
         self.cache.clear()
 
 

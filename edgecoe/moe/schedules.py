@@ -137,6 +137,14 @@ class OnDemand:
         return []
 
 
+def _layer_of(name: str) -> int:
+    """An expert's layer; -1 for other cache entries (a variant's non-expert parts), which no quota bounds."""
+    try:
+        return parse_expert_name(name)[0]
+    except ValueError:
+        return -1
+
+
 class LayerQuotaPolicy:
     """Each layer may hold ``quota`` experts; a layer over its quota (or at it, when room is being
     made for one of its own) gives up an expert first. Within that: lowest ``value`` (how often
@@ -162,18 +170,18 @@ class LayerQuotaPolicy:
         pass
 
     def incoming(self, expert: str | None) -> None:
-        self._incoming_layer = parse_expert_name(expert)[0] if expert is not None else None
+        self._incoming_layer = _layer_of(expert) if expert is not None else None
 
     def priority(self, entry: CandidateView, resident: frozenset[str]) -> tuple[float, ...]:
         if resident is not self._counts_for:  # once per eviction, not once per candidate
             self._counts = {}
             for name in resident:
-                layer = parse_expert_name(name)[0]
+                layer = _layer_of(name)
                 self._counts[layer] = self._counts.get(layer, 0) + 1
             self._counts_for = resident
-        layer = parse_expert_name(entry.expert)[0]
+        layer = _layer_of(entry.expert)
         held = self._counts.get(layer, 0)
-        over = held > self.quota or (layer == self._incoming_layer and held >= self.quota)
+        over = layer >= 0 and (held > self.quota or (layer == self._incoming_layer and held >= self.quota))
         return (0 if over else 1, self.scores.get(entry.expert, 0.0), self.uses.get(entry.expert, 0),
                 entry.last_used_seq)
 
@@ -297,7 +305,7 @@ class PhaseAware:
         keep = {self.context.name(layer, e) for layer in range(min(2, self.context.num_layers))
                 for e in range(self.context.num_experts)}
         kept: list[str] = sorted(name for name in resident if name in keep)[:self.prefill_window]
-        return [name for name in resident if name not in kept]
+        return [name for name in resident if name not in kept and _layer_of(name) >= 0]  # experts only
 
     def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
         # the layer's whole expert set streamed in ahead of routing; what no token chose goes at once
