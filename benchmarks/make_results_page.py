@@ -485,6 +485,41 @@ def section_moe_variants() -> list[str]:
     return [*lines, ""]
 
 
+def section_moe_variant_serving() -> list[str]:
+    lines, data = _section(
+        "moe/variant_serving_moe_tiny.json", "Serving four fine-tuned variants at one memory budget: moe-tiny",
+        "python benchmarks/moe_variant_serving.py --package models/moe-tiny-variants --checkpoints "
+        "models/moe-tiny-variants-hf --json benchmarks/results/moe/variant_serving_moe_tiny.json",
+        "400 requests x 16 greedy tokens, Poisson arrivals at 40 requests/s, each naming a variant (uniform, or zipf "
+        "1.2 over the four), prompts from that variant's held-out text; one server, batches of up to 8 prompts of "
+        "one variant, another variant served once its oldest request waited 2 s; 3 repeats in rotated order, "
+        "medians [min-max]. Memory: the consolidated package's bytes (the 40 % target), except `separate-resident` "
+        "(every variant whole: the ceiling) and `single-model` (one variant whole, every request sent to it). "
+        "Quality per variant is on the variants section above.")
+    if data is None:
+        return lines
+    for point in data["points"]:  # type: ignore[union-attr]
+        lines += [f"Workload `{point['dist']}`:", "",
+                  "| entry | memory MB | switches | tokens/s | turnaround mean ms | p50 | p99 | first token p50 ms |",
+                  "|---|---|---|---|---|---|---|---|"]
+        summary = point["summary"]
+        for entry, row in summary.items():
+            lo, hi = row["turnaround_mean_ms_range"]
+            lines.append(f"| {entry} | {row['memory_bytes'] / 1e6:.1f} | {row['switches']:.0f} | "
+                         f"{row['tokens_per_s']:.0f} | {row['turnaround_mean_ms']:.0f} [{lo:.0f}-{hi:.0f}] | "
+                         f"{row['turnaround_p50_ms']:.0f} | {row['turnaround_p99_ms']:.0f} | {row['ttft_p50_ms']:.0f} |")
+        edge, split, single = summary.get("edgecoe"), summary.get("static-split"), summary.get("single-model")
+        if edge and split and single:
+            lower = 1 - edge["turnaround_mean_ms"] / split["turnaround_mean_ms"]
+            tput = edge["tokens_per_s"] / single["tokens_per_s"]
+            ttft = edge["ttft_p50_ms"] / single["ttft_p50_ms"] - 1
+            lines += ["", f"Targets: mean turnaround >= 85 % lower than static-split: {lower:.0%} lower, "
+                          f"{_verdict(lower >= 0.85)}; throughput >= 0.8x a single model: {tput:.2f}x, "
+                          f"{_verdict(tput >= 0.8)}; first token within 10 % of a single model's: {ttft:+.0%}, "
+                          f"{_verdict(ttft <= 0.10)}.", ""]
+    return [*lines, ""]
+
+
 def render() -> str:
     lines = [
         "# Measured results",
@@ -549,6 +584,7 @@ def render() -> str:
     lines += section_moe_predictors("moe-large")
     lines += section_moe_schedules()
     lines += section_moe_variants()
+    lines += section_moe_variant_serving()
     lines += section_expert_exec(
         "moe/expert_exec_large.json", "Running an expert: moe-large shape (hidden 1024, FFN 2048)",
         "python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 --repeat 3 "

@@ -250,3 +250,41 @@ def test_a_variants_non_expert_parts_are_budgeted_cache_entries(consolidated: Pa
     # a budget below one expert plus one variant's parts is refused with the figure
     with pytest.raises(InvalidInputError, match="below one expert and one variant"):
         MoeModel(package, MoeConfig(budget=dense_a, variant="a"))
+
+
+def test_the_server_stays_with_a_variant_until_another_waited_too_long() -> None:
+    from collections import deque
+
+    from edgecoe.moe.variant_serving import VariantRequest, pick_variant
+
+    def q(*arrivals: float) -> deque[VariantRequest]:
+        return deque(VariantRequest(i, "x", "p", a) for i, a in enumerate(arrivals))
+
+    queues = {"a": q(1.0), "b": q(0.5)}
+    assert pick_variant(queues, "a", 1.2, max_wait_ms=1000) == "a"  # b waited 0.7 s: under the bound
+    assert pick_variant(queues, "a", 2.0, max_wait_ms=1000) == "b"  # b waited 1.5 s: switch
+    assert pick_variant(queues, None, 1.2, max_wait_ms=1000) == "b"  # nothing served yet: the oldest
+    assert pick_variant({"a": q(), "b": q()}, "a", 3.0, max_wait_ms=0) is None
+
+
+def test_the_variant_bench_runs_every_entry_on_one_workload(consolidated: Path, variant_set: dict[str, Path]) -> None:
+    from edgecoe.moe.variant_bench import ENTRIES, VariantWorkload, run_variant_bench
+
+    manifest = load_moe_package(consolidated).manifest
+    raw = json.loads((consolidated / "edgecoe.json").read_text())
+    for v in raw["variants"]:
+        v["domain"] = "docs"  # prompts from a domain the test knows
+    (consolidated / "edgecoe.json").write_text(json.dumps(raw))
+    try:
+        result = run_variant_bench(consolidated, {k: variant_set[k] for k in "abc"},
+                                   workload=VariantWorkload(num_requests=12, rate_rps=50.0, prompts_per_variant=4),
+                                   new_tokens=3, repeat=1)
+    finally:
+        (consolidated / "edgecoe.json").write_text(manifest.to_json())
+    summary = result["summary"]
+    assert list(summary) == list(ENTRIES)
+    assert all(run[e]["served"] == 12 and run[e]["refused"] == 0 for run in result["runs"] for e in ENTRIES)
+    assert summary["separate-resident"]["switches"] == 0 and summary["swap-whole"]["switches"] >= 1
+    assert summary["edgecoe"]["switches"] >= 1
+    assert summary["static-split"]["memory_bytes"] <= result["memory_bytes"]
+    assert summary["separate-resident"]["memory_bytes"] > result["memory_bytes"]

@@ -112,7 +112,8 @@ class VariantQuality:
         return self.perplexity_consolidated / self.perplexity_unmerged
 
 
-def _prompts(text: str, count: int, chars: int = 48) -> list[str]:
+def domain_prompts(text: str, count: int, chars: int = 48) -> list[str]:
+    """``count`` prompts spread over ``text``: the starts of its longer lines."""
     lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 24]
     step = max(1, len(lines) // max(count, 1))
     return [line[:chars] for line in lines[::step][:count]]
@@ -152,7 +153,7 @@ def variant_quality(package: Path, checkpoints: Mapping[str, Path], domains: Map
         for name in names:
             domain = domains[name]
             text = held_out_text(domain)  # type: ignore[arg-type]
-            asks = _prompts(text, prompts)
+            asks = domain_prompts(text, prompts)
             unmerged_pkg = export_moe(checkpoints[name], root / f"unmerged-{name}", name=f"unmerged-{name}").package
             ppl_u, count, want = measure(unmerged_pkg, None, text, asks)
             ppl_c, _, got = measure(package, name, text, asks)
