@@ -234,22 +234,24 @@ def test_inspect_shows_the_variants_and_what_they_share(consolidated: Path) -> N
 def test_a_variants_non_expert_parts_are_budgeted_cache_entries(consolidated: Path) -> None:
     package = load_moe_package(consolidated)
     manifest = package.manifest
+    a, c = manifest.variants[0], manifest.variants[2]
+    parts_a = {f"part:{f.path}" for f in (a.embed.file, *a.dense, a.head)}
     model = MoeModel(package, MoeConfig(variant="a", preload=False))
-    assert model.cache.resident() == {"dense:a"}  # pinned while served
-    dense_a = sum(f.bytes for f in (manifest.variants[0].embed.file, manifest.variants[0].head,
-                                    *manifest.variants[0].dense))
-    assert model.cache.used_bytes == dense_a
+    assert model.cache.resident() == parts_a  # pinned while served
+    assert model.cache.used_bytes == sum(f.bytes for f in (a.embed.file, *a.dense, a.head))
     loads = model.cache.stats.num_misses
     model.use_variant("c")
-    assert {"dense:a", "dense:c"} <= model.cache.resident() and model.cache.stats.num_misses == loads + 1
-    model.use_variant("a")  # still resident: a hit, no load
-    assert model.cache.stats.num_misses == loads + 1 and model.variant_switches == 2
-    model.cache.drop(["dense:a", "dense:c"])  # the served one is pinned: only c goes
-    assert model.cache.resident() == {"dense:a"}
+    # c shares a's embeddings and head (frozen in the fine-tune): only its dense layers load
+    assert len(c.dense) == 2 and model.cache.stats.num_misses == loads + 2
+    assert "part:dense/embed.bin" in model.cache.resident()
+    model.use_variant("a")  # still resident: hits, no load
+    assert model.cache.stats.num_misses == loads + 2 and model.variant_switches == 2
+    model.cache.drop(list(model.cache.resident()))  # the served variant's parts are pinned: only c's go
+    assert model.cache.resident() == parts_a
     model.close()
     # a budget below one expert plus one variant's parts is refused with the figure
     with pytest.raises(InvalidInputError, match="below one expert and one variant"):
-        MoeModel(package, MoeConfig(budget=dense_a, variant="a"))
+        MoeModel(package, MoeConfig(budget=model.cache.budget_bytes // 100, variant="a"))
 
 
 def test_the_server_stays_with_a_variant_until_another_waited_too_long() -> None:

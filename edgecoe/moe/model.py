@@ -161,8 +161,9 @@ def route(logits: np.ndarray, *, top_k: int, normalize: bool) -> tuple[np.ndarra
     return order.astype(np.int64), weights.astype(np.float32)
 
 
-DENSE_PREFIX = "dense:"
-"""Cache name prefix of a variant's non-expert parts (``dense:code``)."""
+PART_PREFIX = "part:"
+"""Cache name prefix of a variant's non-expert files (``part:variants/code/layer_000.onnx``): one entry per
+file, so a file several variants share (embeddings and head of fine-tunes that froze them) is held once."""
 
 
 @dataclass(frozen=True)
@@ -214,17 +215,21 @@ class MoeModel:
         self.variant_switches = 0
         self.variant_switch_ms = 0.0
         # A single model's non-expert parts load once, outside the budget. A variant package's are
-        # cache entries (DENSE_PREFIX + variant) under the same budget as the experts, so a variant
-        # switch is a load like any other, and a variant not served lately can be evicted.
-        self._dense_bytes = {v.name: sum(f.bytes for f in (v.embed.file, v.head, *v.dense)) for v in manifest.variants}
-        self._pinned: str | None = None
+        # cache entries, one per file (PART_PREFIX + path), under the same budget as the experts: a
+        # variant switch loads only the files the new variant does not share with what is resident,
+        # and a variant not served lately can be evicted.
+        self._parts = {v.name: [v.embed.file, *v.dense, v.head] for v in manifest.variants}
+        self._part_bytes = {PART_PREFIX + f.path: f.bytes for files in self._parts.values() for f in files}
+        self._dense_bytes = {v: sum(f.bytes for f in files) for v, files in self._parts.items()}
+        self._pinned: list[str] = []
         if variant is None:
             parts = self._dense_parts(None)
             self.embed, self.dense, self.head = parts.embed, parts.layers, parts.head
         self.runner = ExpertRunner(manifest.expert_format, hidden_size=self.shape.hidden_size,
                                    intermediate_size=manifest.moe.intermediate_size, providers=providers,
                                    placement=placement, intra_op_threads=threads, session_config=session_config)
-        total = manifest.total_expert_bytes
+        # a variant package's budget also holds its non-expert files: a share is of both together
+        total = manifest.total_expert_bytes + sum(self._part_bytes.values())
         budget = total if self.config.budget is None else parse_budget(self.config.budget, total_bytes=total)
         least = manifest.expert_bytes + max(self._dense_bytes.values(), default=0)
         if budget < least:
@@ -270,9 +275,8 @@ class MoeModel:
 
     def _load(self, name: str) -> tuple[LoadedExpert[Any], int]:
         started = time.perf_counter()
-        if name.startswith(DENSE_PREFIX):
-            parts = self._dense_parts(self.manifest.variant(name[len(DENSE_PREFIX):]))
-            loaded: LoadedExpert[Any] = LoadedExpert(parts, self._size_of(name),
+        if name.startswith(PART_PREFIX):
+            loaded: LoadedExpert[Any] = LoadedExpert(self._read_part(name[len(PART_PREFIX):]), self._size_of(name),
                                                      (time.perf_counter() - started) * 1e3, True, "disk")
         else:
             loaded = self.loader.load(name, self.config.device)
@@ -281,24 +285,35 @@ class MoeModel:
         return loaded, loaded.num_bytes
 
     def _unload(self, name: str, loaded: LoadedExpert[Any]) -> None:
-        if not name.startswith(DENSE_PREFIX):  # a variant's sessions go with the last reference
+        if not name.startswith(PART_PREFIX):  # a part's table or session goes with the last reference
             self.loader.unload(name, loaded)
 
     def _size_of(self, name: str) -> int:
-        if name.startswith(DENSE_PREFIX):
-            return self._dense_bytes[name[len(DENSE_PREFIX):]]
+        if name.startswith(PART_PREFIX):
+            return self._part_bytes[name]
         return self.loader.footprint_bytes(name)
 
     def _serve(self, variant: str) -> None:
         """Pin ``variant``'s non-expert parts in the cache (loading them if evicted) and run with them."""
-        name = DENSE_PREFIX + variant
-        acquired = self.cache.acquire(name)
-        assert acquired is not None, "acquire with wait=True always returns the entry"
-        if self._pinned is not None:
-            self.cache.release(self._pinned)
-        self._pinned = name
-        parts: DenseParts = acquired.handle.handle
-        self.embed, self.dense, self.head = parts.embed, parts.layers, parts.head
+        names = [PART_PREFIX + f.path for f in self._parts[variant]]
+        handles = []
+        for name in names:
+            acquired = self.cache.acquire(name, protect=frozenset(names))
+            assert acquired is not None, "acquire with wait=True always returns the entry"
+            handles.append(acquired.handle.handle)
+        for name in self._pinned:
+            self.cache.release(name)
+        self._pinned = names
+        self.embed, self.dense, self.head = handles[0], handles[1:-1], handles[-1]
+
+    def _read_part(self, path: str) -> Any:
+        """One non-expert file: the embedding table (raw float32) or an ONNX Runtime session."""
+        record = next(f for files in self._parts.values() for f in files if f.path == path)
+        if path.endswith(".onnx"):
+            return create_session(self.package.path(record), providers=self._providers,
+                                  intra_op_threads=self._threads, session_config=self._session_config)
+        shape = self.manifest.embed.shape
+        return read_exact(self.package.path(record), record.bytes).view(np.float32).reshape(shape)
 
     def _routers(self) -> list[np.ndarray]:
         variant = self.manifest.variant(self.variant) if self.manifest.variants else None
@@ -478,9 +493,9 @@ class MoeModel:
     def close(self) -> None:
         """Stop the prefetcher and unload every resident expert (and variant)."""
         self.prefetcher.close()
-        if self._pinned is not None:
-            self.cache.release(self._pinned)
-            self._pinned = None
+        for name in self._pinned:
+            self.cache.release(name)
+        self._pinned = []
         self.cache.clear()
 
 
