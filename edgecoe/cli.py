@@ -868,9 +868,23 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
           concurrent_chunks: str | None) -> None:
     """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios.
 
-    On an MoE package: expert schedules and peer runtimes generating from the same held-out prompts."""
+    On an MoE package: expert schedules and peer runtimes generating from the same held-out prompts.
+    On a package of fine-tuned variants: the ways to serve them at one memory, on requests of mixed
+    variants (--checkpoint DIR holds each variant's own checkpoint, DIR/NAME)."""
     from edgecoe.moe.package import package_kind
 
+    if package is not None and package_kind(package) == "moe" and _has_variants(package):
+        source = click.get_current_context().get_parameter_source
+        defaulted = {name: source(name) is click.core.ParameterSource.DEFAULT
+                     for name in ("num_requests", "rate_rps", "dist", "budget")}
+        # a variant bench's own defaults: the package's bytes as the memory, a load moe-tiny's variants keep up with
+        _bench_variants(package, checkpoints=checkpoint, policies=policies,
+                        memory=None if defaulted["budget"] else budget, repeat=repeat,
+                        num_requests=400 if defaulted["num_requests"] else num_requests,
+                        rate_rps=40.0 if defaulted["rate_rps"] else rate_rps,
+                        dist="uniform" if defaulted["dist"] else dist, seed=seed, new_tokens=new_tokens,
+                        prompts_path=prompts_path, json_path=json_path)
+        return
     if package is not None and package_kind(package) == "moe":
         _bench_moe(package, policies=policies, budget=budget or "25%", repeat=repeat, prompts_path=prompts_path,
                    num_prompts=num_prompts, new_tokens=new_tokens, modes=modes, checkpoint=checkpoint, gguf=gguf,
@@ -947,6 +961,62 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
     if trace_path:
         path = write_trace(timelines, trace_path)
         console.print(f"wrote {escape(str(path))} (open in ui.perfetto.dev or chrome://tracing)")
+
+
+def _has_variants(package: Path) -> bool:
+    from edgecoe.moe.package import load_moe_package
+
+    return bool(load_moe_package(package).manifest.variants)
+
+
+def _bench_variants(package: Path, *, checkpoints: Path | None, policies: str | None, memory: str | None,
+                    repeat: int, num_requests: int, rate_rps: float, dist: str, seed: int, new_tokens: int,
+                    prompts_path: Path | None, json_path: Path | None) -> None:
+    from rich.table import Table
+
+    from edgecoe.config import parse_budget
+    from edgecoe.moe.generate import read_prompts
+    from edgecoe.moe.package import load_moe_package
+    from edgecoe.moe.variant_bench import ENTRIES, EntryResult, VariantWorkload, run_variant_bench
+
+    _check_json_path(json_path)
+    if checkpoints is None:
+        raise click.UsageError("a variant package's bench runs each variant's own model too: give --checkpoint DIR "
+                               "holding one Hugging Face checkpoint per variant, DIR/NAME")
+    manifest = load_moe_package(package).manifest
+    names = [v.name for v in manifest.variants]
+    missing = [n for n in names if not (checkpoints / n / "config.json").is_file()]
+    if missing:
+        raise click.BadParameter(f"no checkpoint for variants {missing} under {checkpoints}", param_hint="--checkpoint")
+    total = sum(f.bytes for f in manifest.files())
+    held = total if memory is None else parse_budget(memory, total_bytes=total)
+    entries = policies.split(",") if policies else list(ENTRIES)
+    unknown = [e for e in entries if e not in ENTRIES]
+    if unknown:
+        raise click.BadParameter(f"unknown entries {unknown}; valid: {', '.join(ENTRIES)}", param_hint="--policies")
+    console = _console(to_stderr=json_path is not None and str(json_path) == "-")
+    console.print(f"[bold]{escape(package.name)}[/bold]: {len(names)} variants, {num_requests} requests at "
+                  f"{rate_rps:g}/s ({escape(dist)}), {new_tokens} tokens each, memory {format_bytes(held)}, "
+                  f"{repeat} repeat(s)")
+
+    def on_result(rep: int, result: EntryResult) -> None:
+        console.print(f"  repeat {rep + 1}/{repeat} {escape(result.entry)} done")
+
+    result = run_variant_bench(package, {n: checkpoints / n for n in names},
+                               workload=VariantWorkload(num_requests=num_requests, rate_rps=rate_rps, dist=dist,
+                                                        seed=seed),
+                               new_tokens=new_tokens, memory=held, repeat=repeat, entries=entries,
+                               prompts=read_prompts(prompts_path) if prompts_path else None, on_result=on_result)
+    table = Table(title=f"{escape(package.name)}: medians of {repeat} repeat(s)")
+    for column in ("entry", "memory", "switches", "tokens/s", "turnaround mean ms", "p50", "p99", "first token p50"):
+        table.add_column(column, justify="left" if column == "entry" else "right", no_wrap=column == "entry")
+    for entry, row in result["summary"].items():
+        table.add_row(escape(entry), format_bytes(row["memory_bytes"]), f"{row['switches']:.0f}",
+                      f"{row['tokens_per_s']:.0f}", f"{row['turnaround_mean_ms']:.0f}",
+                      f"{row['turnaround_p50_ms']:.0f}", f"{row['turnaround_p99_ms']:.0f}", f"{row['ttft_p50_ms']:.0f}")
+    console.print(table)
+    if json_path is not None:
+        _write_json(json_path, result, console)
 
 
 def _bench_moe(package: Path, *, policies: str | None, budget: str, repeat: int, prompts_path: Path | None,

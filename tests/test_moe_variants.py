@@ -290,3 +290,32 @@ def test_the_variant_bench_runs_every_entry_on_one_workload(consolidated: Path, 
     assert summary["edgecoe"]["switches"] >= 1
     assert summary["static-split"]["memory_bytes"] <= result["memory_bytes"]
     assert summary["separate-resident"]["memory_bytes"] > result["memory_bytes"]
+
+
+def test_bench_on_a_variant_package_compares_the_ways_to_serve_it(consolidated: Path, variant_set: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgecoe.cli import main
+
+    checkpoints = tmp_path / "ckpts"
+    for name in "abc":
+        shutil.copytree(variant_set[name], checkpoints / name)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(prompts_(4)))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", str(consolidated), "--checkpoint", str(checkpoints), "--prompts",
+                                       str(prompts), "--requests", "8", "--rate", "50", "--new-tokens", "2",
+                                       "--policies", "static-split,edgecoe", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert list(data["summary"]) == ["static-split", "edgecoe"] and data["workload"]["num_requests"] == 8
+    assert "turnaround mean ms" in result.output
+    result = CliRunner().invoke(main, ["bench", str(consolidated), "--prompts", str(prompts)])
+    assert result.exit_code != 0 and "--checkpoint DIR" in result.output
+
+
+def prompts_(count: int) -> list[str]:
+    return prompts(count)

@@ -181,7 +181,11 @@ def run_entry(entry: str, consolidated: MoePackage, singles: Mapping[str, MoePac
         held = sum(_dense_bytes(singles[v]) + singles[v].manifest.total_expert_bytes for v in chosen)
     elif entry == "static-split":
         share = memory // len(variants)
-        budgets = {v: _expert_budget(singles[v], share) for v in variants}
+        try:
+            budgets = {v: _expert_budget(singles[v], share) for v in variants}
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"static-split gives each variant {share} bytes: {exc}; raise the memory or "
+                                    "leave the entry out") from None
         backend = SingleModels({v: MoeModel(singles[v], MoeConfig(budget=budgets[v], policy=policy)) for v in variants})
         held = share * len(variants)
     elif entry == "swap-whole":
@@ -225,7 +229,8 @@ def variant_prompts(package: MoePackage, count: int) -> dict[str, list[str]]:
     out = {}
     for v in package.manifest.variants:
         if v.domain not in DOMAINS:
-            raise InvalidInputError(f"variant {v.name!r} records domain {v.domain!r}; give prompts for it")
+            raise InvalidInputError(f"variant {v.name!r} records domain {v.domain!r}, which has no bundled held-out "
+                                    "text; give prompts (edgecoe bench --prompts FILE)")
         out[v.name] = domain_prompts(held_out_text(v.domain), count)  # type: ignore[arg-type]
     return out
 
@@ -233,9 +238,12 @@ def variant_prompts(package: MoePackage, count: int) -> dict[str, list[str]]:
 def run_variant_bench(package_dir: Path, checkpoints: Mapping[str, Path], *, workload: VariantWorkload,
                       new_tokens: int = 16, memory: int | None = None, repeat: int = 3,
                       entries: Sequence[str] = ENTRIES, policy: str = "on-demand", max_batch: int = 8,
-                      max_wait_ms: float = 2000.0,
+                      max_wait_ms: float = 2000.0, prompts: Sequence[str] | None = None,
                       on_result: Callable[[int, EntryResult], None] | None = None) -> dict[str, Any]:
-    """Every entry on one workload, ``repeat`` times in rotated order; raw results and medians."""
+    """Every entry on one workload, ``repeat`` times in rotated order; raw results and medians.
+
+    ``prompts``: used for every variant; default: held-out text of each variant's recorded domain.
+    """
     from edgecoe.moe.export import export_moe
     from edgecoe.moe.merging import average_merge
 
@@ -245,8 +253,9 @@ def run_variant_bench(package_dir: Path, checkpoints: Mapping[str, Path], *, wor
         raise InvalidInputError(f"{package_dir} holds no variants (build one with edgecoe consolidate)")
     names = [v.name for v in manifest.variants]
     memory = memory or sum(f.bytes for f in manifest.files())
-    prompts = variant_prompts(consolidated, workload.prompts_per_variant)
-    requests = workload.generate(names, prompts)
+    per_variant = ({n: list(prompts) for n in names} if prompts
+                   else variant_prompts(consolidated, workload.prompts_per_variant))
+    requests = workload.generate(names, per_variant)
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgecoe-variant-bench-") as tmp:
