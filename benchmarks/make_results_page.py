@@ -485,17 +485,10 @@ def section_moe_variants() -> list[str]:
     return [*lines, ""]
 
 
-def section_moe_variant_serving() -> list[str]:
+def section_moe_variant_serving(model: str, command: str, text: str) -> list[str]:
     lines, data = _section(
-        "moe/variant_serving_moe_tiny.json", "Serving four fine-tuned variants at one memory budget: moe-tiny",
-        "python benchmarks/moe_variant_serving.py --package models/moe-tiny-variants --checkpoints "
-        "models/moe-tiny-variants-hf --json benchmarks/results/moe/variant_serving_moe_tiny.json",
-        "400 requests x 16 greedy tokens, Poisson arrivals at 40 requests/s, each naming a variant (uniform, or zipf "
-        "1.2 over the four), prompts from that variant's held-out text; one server, batches of up to 8 prompts of "
-        "one variant, another variant served once its oldest request waited 2 s; 3 repeats in rotated order, "
-        "medians [min-max]. Memory: the consolidated package's bytes (the 40 % target), except `separate-resident` "
-        "(every variant whole: the ceiling) and `single-model` (one variant whole, every request sent to it). "
-        "Quality per variant is on the variants section above.")
+        f"moe/variant_serving_{model.replace('-', '_')}.json",
+        f"Serving four variants at one memory budget: {model}", command, text)
     if data is None:
         return lines
     for point in data["points"]:  # type: ignore[union-attr]
@@ -584,7 +577,23 @@ def render() -> str:
     lines += section_moe_predictors("moe-large")
     lines += section_moe_schedules()
     lines += section_moe_variants()
-    lines += section_moe_variant_serving()
+    lines += section_moe_variant_serving(
+        "moe-tiny", "python benchmarks/moe_variant_serving.py --package models/moe-tiny-variants --checkpoints "
+        "models/moe-tiny-variants-hf --json benchmarks/results/moe/variant_serving_moe_tiny.json",
+        "400 requests x 16 greedy tokens, Poisson arrivals at 40 requests/s, each naming a variant (uniform, or zipf "
+        "1.2 over the four), prompts from that variant's held-out text; one server, batches of up to 8 prompts of "
+        "one variant, another variant served once its oldest request waited 2 s; 3 repeats in rotated order, "
+        "medians [min-max]. Memory: the consolidated package's bytes (the 40 % target), except `separate-resident` "
+        "(every variant whole: the ceiling) and `single-model` (one variant whole, every request sent to it). "
+        "Quality per variant is on the variants section above.")
+    lines += section_moe_variant_serving(
+        "moe-large", "python benchmarks/moe_variant_serving.py --package models/moe-large-variants --checkpoints "
+        "models/moe-large-variants-hf --requests 48 --rate 1 --new-tokens 8 --dists uniform --repeat 1 "
+        "--json benchmarks/results/moe/variant_serving_moe_large.json",
+        "The same arrangements at moe-large's scale (2.4 GB of experts per variant; synthetic variants, each moving "
+        "a seeded 15 % of its experts: `models/recipes/moe-large-variants.yaml`): 48 requests x 8 tokens at 1 "
+        "request/s, uniform over the four, one run (a single repeat: read it as one sample). Memory: the "
+        "consolidated package's bytes.")
     lines += section_expert_exec(
         "moe/expert_exec_large.json", "Running an expert: moe-large shape (hidden 1024, FFN 2048)",
         "python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 --repeat 3 "

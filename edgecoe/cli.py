@@ -338,7 +338,7 @@ def consolidate(variants: tuple[str, ...], output: Path, calibration: tuple[str,
                      overwrite=force, progress=step)
     verdict = "" if report.fits else f" (above the {share:.0%} target: sharing every alike expert was not enough)"
     console.print(f"wrote {escape(str(report.package))}: {len(report.variants)} variants, {report.stored_experts} "
-                  f"of {report.total_experts} experts stored (threshold {report.threshold:.3f}), "
+                  f"of {report.total_experts} experts stored (threshold {report.threshold:.3g}), "
                   f"{format_bytes(report.consolidated_bytes)} = {report.memory_ratio:.0%} of separate copies{verdict}")
     for name, share_ in report.shared.items():
         console.print(f"  {escape(name)}: shares {share_:.0%} of its experts")
@@ -460,9 +460,11 @@ def _build_variants_demo(console: Console, recipe: Path, output: Path | None, *,
         report, _ = build_variants(recipe, models_dir=dest.parent, dest=dest, force=force, progress=step)
     console.print(f"wrote {escape(str(report.package))}: {len(report.variants)} variants, "
                   f"{report.stored_experts} of {report.total_experts} experts stored "
-                  f"(threshold {report.threshold:.3f}), {format_bytes(report.consolidated_bytes)} = "
+                  f"(threshold {report.threshold:.3g}), {format_bytes(report.consolidated_bytes)} = "
                   f"{report.memory_ratio:.0%} of separate copies")
     manifest = load_moe_package(report.package).manifest
+    if not any(v.quality for v in manifest.variants):
+        return  # synthetic variants: nothing measured
     table = Table(title="held-out perplexity per variant (its own domain)")
     for column in ("variant", "domain", "base", "unmerged", "consolidated", "average merge", "TIES merge",
                    "same tokens"):

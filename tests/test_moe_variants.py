@@ -72,7 +72,7 @@ def _greedy(checkpoint_state: dict[str, np.ndarray], like: Path, tmp: Path, prom
     from transformers import AutoModelForCausalLM
 
     path = write_checkpoint(checkpoint_state, like, tmp)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     out = []
     for ids in prompt_ids:
         with torch.no_grad():
@@ -319,3 +319,26 @@ def test_bench_on_a_variant_package_compares_the_ways_to_serve_it(consolidated: 
 
 def prompts_(count: int) -> list[str]:
     return prompts(count)
+
+
+def test_a_perturbed_variant_moves_the_chosen_share_of_experts_far_and_the_rest_barely(
+        variant_set: dict[str, Path], tmp_path: Path) -> None:
+    from edgecoe.moe.variants import VariantsRecipe, perturb
+
+    recipe = VariantsRecipe(kind="moe-variants", name="p", base="moe-tiny", seed=1, method="perturb",
+                            moved_share=0.25, perturb_scale=0.3, variants=[{"name": "a", "domain": "docs"},
+                                                                          {"name": "b", "domain": "code"}])
+    out = perturb(variant_set["base"], tmp_path / "p", recipe=recipe, seed=3, progress=lambda *a: None)
+    before, after = read_checkpoint(variant_set["base"]), read_checkpoint(out)
+    moved = []
+    for layer in range(2):
+        for slot in range(8):
+            name = EXPERT.format(layer=layer, slot=slot, w="w1")
+            change = np.abs(after[name] - before[name]).mean() / np.abs(before[name]).mean()
+            moved.append(change > 0.1)
+            assert change > 0.1 or change < 1e-3
+    assert sum(moved) == 4  # a quarter of 16
+    assert np.array_equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    with pytest.raises(ValueError, match="needs train_steps"):
+        VariantsRecipe(kind="moe-variants", name="p", base="moe-tiny", seed=1,
+                       variants=[{"name": "a", "domain": "docs"}, {"name": "b", "domain": "code"}])

@@ -153,7 +153,7 @@ def routed_inputs(checkpoint: Path, text: str, *, tokens: int = CALIBRATION_TOKE
         raise ExportError(f"consolidation needs the export extra (torch, transformers) ({exc})") from None
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(checkpoint / "tokenizer.json"))
     ids = tokenizer(text)["input_ids"][:tokens]
-    model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, torch_dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     model.eval()
     config = model.config
     top_k = int(config.num_experts_per_tok)

@@ -78,7 +78,7 @@ def render_moe_summary(pkg: MoePackage, console: Console) -> None:
     if m.variants and m.consolidation is not None:
         c = m.consolidation
         console.print(f"{len(m.variants)} fine-tuned variants sharing experts: {c.stored_experts} stored for "
-                      f"{len(m.variants) * m.moe.num_experts * len(m.layers)} slots (threshold {c.threshold:.3f}), "
+                      f"{len(m.variants) * m.moe.num_experts * len(m.layers)} slots (threshold {c.threshold:.3g}), "
                       f"{c.consolidated_bytes / 1e6:.1f} MB = {c.consolidated_bytes / max(c.separate_bytes, 1):.0%} of "
                       "separate copies")
         for v in m.variants:

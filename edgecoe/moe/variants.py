@@ -57,7 +57,13 @@ class VariantsRecipe(StrictModel):
     description: str = ""
     base: str = Field(pattern=SAFE_NAME_PATTERN, description="the MoE recipe (models/recipes/NAME.yaml) fine-tuned")
     seed: int = Field(ge=0)
-    train_steps: int = Field(ge=1, le=100_000)
+    method: Literal["fine-tune", "perturb"] = Field(default="fine-tune", description=(
+        "fine-tune on each variant's domain, or (for speed and memory work on untrained models) move a "
+        "seeded share of each variant's experts far and the rest barely"))
+    train_steps: int = Field(default=0, ge=0, le=100_000)
+    moved_share: float = Field(default=0.15, gt=0, le=1, description="perturb: share of experts moved far")
+    perturb_scale: float = Field(default=0.3, gt=0, le=10, description=(
+        "perturb: a moved expert's change, relative to its weights' mean magnitude"))
     batch_size: int = Field(default=16, ge=1)
     seq_len: int = Field(default=128, ge=16)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
@@ -72,6 +78,8 @@ class VariantsRecipe(StrictModel):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names repeat: {names}")
+        if self.method == "fine-tune" and self.train_steps < 1:
+            raise ValueError("method fine-tune needs train_steps >= 1")
         return self
 
 
@@ -165,7 +173,7 @@ def fine_tune(base: Path, dest: Path, *, domain: Domain, recipe: VariantsRecipe,
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(seed)
-        model: Any = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         frozen = {"embed": model.get_input_embeddings(), "head": model.get_output_embeddings()}
         for part in recipe.freeze:
             for param in frozen[part].parameters():
@@ -198,6 +206,43 @@ def fine_tune(base: Path, dest: Path, *, domain: Domain, recipe: VariantsRecipe,
     return dest
 
 
+BARELY = 1e-4
+"""A perturbed variant's unmoved experts (and its attention) change by this, relative to their mean magnitude."""
+
+
+def perturb(base: Path, dest: Path, *, recipe: VariantsRecipe, seed: int, progress: Progress) -> Path:
+    """A synthetic variant of ``base``: a seeded ``moved_share`` of its experts moved by ``perturb_scale``,
+    the rest of its experts and its attention by :data:`BARELY`; embeddings, norms and head as they are."""
+    import re
+
+    import numpy as np
+
+    from edgecoe.moe.merging import read_checkpoint, write_checkpoint
+
+    state = read_checkpoint(base)
+    rng = np.random.default_rng(seed)
+    expert = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.")
+    slots = sorted({(int(m[1]), int(m[2])) for name in state if (m := expert.match(name))})
+    if not slots:
+        raise ExportError(f"{base}: no Mixtral expert weights to perturb")
+    moved = {slots[i] for i in rng.choice(len(slots), size=max(1, round(recipe.moved_share * len(slots))),
+                                          replace=False)}
+    out = {}
+    for i, (name, value) in enumerate(sorted(state.items())):
+        m = expert.match(name)
+        if m is not None:
+            size = recipe.perturb_scale if (int(m[1]), int(m[2])) in moved else BARELY
+        elif "self_attn" in name:
+            size = BARELY
+        else:
+            out[name] = value
+            continue
+        noise = rng.standard_normal(value.shape, dtype=np.float32)
+        out[name] = value + np.float32(size * float(np.abs(value).mean())) * noise
+        progress(f"{dest.name}: perturbing", i + 1, len(state))
+    return write_checkpoint(out, base, dest)
+
+
 def build_variants(recipe_path: Path, *, models_dir: Path, dest: Path | None = None, force: bool = False,
                    measure_quality: bool = True,
                    progress: Progress | None = None) -> tuple[ConsolidationReport, dict[str, Path]]:
@@ -227,14 +272,17 @@ def build_variants(recipe_path: Path, *, models_dir: Path, dest: Path | None = N
     for i, variant in enumerate(recipe.variants):
         out = root / variant.name
         if force or not (out / "config.json").is_file():
-            fine_tune(base, out, domain=variant.domain, recipe=recipe, seed=recipe.seed + i, progress=report)
+            if recipe.method == "perturb":
+                perturb(base, out, recipe=recipe, seed=recipe.seed + i, progress=report)
+            else:
+                fine_tune(base, out, domain=variant.domain, recipe=recipe, seed=recipe.seed + i, progress=report)
         checkpoints[variant.name] = out
     package = dest or models_dir / recipe.name
     report_ = consolidate({v.name: checkpoints[v.name] for v in recipe.variants},
                           {v.name: "\n".join(domain_text(v.domain)[0])[:CALIBRATION_CHARS] for v in recipe.variants},
                           package, name=recipe.name, domains={v.name: v.domain for v in recipe.variants},
                           memory_target=recipe.memory_target, overwrite=True, progress=report)
-    if measure_quality:
+    if measure_quality and recipe.method == "fine-tune":  # perturbed untrained models say nothing
         from edgecoe.moe.merging import record_quality, variant_quality
 
         report("quality", 0, 1)
