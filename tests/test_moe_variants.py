@@ -342,3 +342,31 @@ def test_a_perturbed_variant_moves_the_chosen_share_of_experts_far_and_the_rest_
     with pytest.raises(ValueError, match="needs train_steps"):
         VariantsRecipe(kind="moe-variants", name="p", base="moe-tiny", seed=1,
                        variants=[{"name": "a", "domain": "docs"}, {"name": "b", "domain": "code"}])
+
+
+def test_continuous_batching_across_variants_gives_each_prompt_its_variants_tokens(consolidated: Path) -> None:
+    from edgecoe.moe.batching import BatchingParams
+    from edgecoe.moe.variant_serving import VariantBatcher
+
+    package = load_moe_package(consolidated)
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    texts = prompts(4)
+    alone = {}
+    for variant in ("a", "c"):
+        model = MoeModel(package, MoeConfig(variant=variant))
+        alone[variant] = [Generator(model).generate([t], params).token_ids[0] for t in texts]
+        model.close()
+    model = MoeModel(package, MoeConfig(budget="60%", variant="a"))
+    batcher = VariantBatcher(Generator(model), params, BatchingParams(prefill_chunk_tokens=3), max_wait_ms=0)
+    ids = {(v, batcher.submit(v, t)): (v, i) for i, t in enumerate(texts) for v in ("c", "a")}
+    events = batcher.run()
+    got: dict[tuple[str, int], list[int]] = {}
+    for variant, evs in events.items():
+        for e in evs:
+            got.setdefault((variant, e.prompt_index), []).append(e.token_id)
+    for key, (variant, i) in ids.items():
+        assert got[key] == alone[variant][i], key
+    assert model.variant_switches >= 2  # max_wait 0: the variants took turns
+    with pytest.raises(InvalidInputError, match="no variant 'z'"):
+        batcher.submit("z", "x")
+    model.close()

@@ -14,6 +14,10 @@ Mechanism apart from policy:
   variant from starving.
 - Backends (:class:`ModelBackend` and the bench's) own the models: one model of
   a consolidated package switching variants, or several single models.
+
+:class:`VariantBatcher` is the same grouping at the granularity of steps:
+continuous batching (decode steps batched, prefills interleaved) per variant,
+the model switching between the variants' running batches.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edgecoe.errors import InvalidInputError
-from edgecoe.moe.generate import Generator, SamplingParams
+from edgecoe.moe.batching import BatchingParams, ContinuousBatcher
+from edgecoe.moe.generate import Generator, SamplingParams, TokenEvent
 from edgecoe.moe.model import MoeModel
 
 
@@ -156,3 +161,75 @@ class ModelBackend:
 
     def close(self) -> None:
         self.model.close()
+
+
+class VariantBatcher:
+    """Continuous batching across a consolidated package's variants on one model.
+
+    One :class:`~edgecoe.moe.batching.ContinuousBatcher` (its own queue, running batch and KV
+    cache) per variant, all on one model; each :meth:`step` switches the model to one variant and
+    steps that variant's batcher. Which variant: the one being served while it has work and no
+    other variant with work has gone unserved for longer than ``max_wait_ms``; otherwise the one
+    unserved the longest. Sequences of other variants keep their KV caches and resume where they
+    stopped.
+    """
+
+    def __init__(self, generator: Generator, params: SamplingParams | None = None,
+                 batching: BatchingParams | None = None, *, max_wait_ms: float = 2000.0) -> None:
+        variants = generator.model.manifest.variants
+        if not variants:
+            raise InvalidInputError("the model's package has no variants; use ContinuousBatcher")
+        if max_wait_ms < 0:
+            raise InvalidInputError(f"max_wait_ms={max_wait_ms} must be >= 0")
+        self.model = generator.model
+        self.batchers = {v.name: ContinuousBatcher(generator, params, batching) for v in variants}
+        self.max_wait_ms = max_wait_ms
+        self.current: str | None = None
+        self._since: dict[str, float] = {}  # variant -> when it last ran, or got work while idle
+
+    def submit(self, variant: str, prompt: str | Sequence[int]) -> int:
+        """Queue ``prompt`` for ``variant``; its request id within that variant's batcher.
+
+        Raises:
+            InvalidInputError: no such variant, or the variant's batcher refuses the prompt.
+        """
+        batcher = self.batchers.get(variant)
+        if batcher is None:
+            raise InvalidInputError(f"no variant {variant!r}; the package has {', '.join(self.batchers)}")
+        if batcher.idle:
+            self._since[variant] = time.perf_counter()
+        return batcher.submit(prompt)
+
+    @property
+    def idle(self) -> bool:
+        return all(b.idle for b in self.batchers.values())
+
+    def _pick(self, now: float) -> str | None:
+        busy = [v for v, b in self.batchers.items() if not b.idle]
+        if not busy:
+            return None
+        longest = min(busy, key=lambda v: (self._since.get(v, now), v))
+        if self.current in busy and longest != self.current:
+            waited_ms = (now - self._since.get(longest, now)) * 1e3
+            return longest if waited_ms > self.max_wait_ms else self.current
+        return self.current if self.current in busy else longest
+
+    def step(self) -> tuple[str | None, list[TokenEvent]]:
+        """One step of one variant's batcher: (the variant, its events); (None, []) when idle."""
+        variant = self._pick(time.perf_counter())
+        if variant is None:
+            return None, []
+        self.model.use_variant(variant)
+        self.current = variant
+        events = self.batchers[variant].step()
+        self._since[variant] = time.perf_counter()
+        return variant, events
+
+    def run(self) -> dict[str, list[TokenEvent]]:
+        """Step until every variant's batcher is idle; each variant's events."""
+        out: dict[str, list[TokenEvent]] = {v: [] for v in self.batchers}
+        while not self.idle:
+            variant, events = self.step()
+            if variant is not None:
+                out[variant] += events
+        return out
