@@ -447,11 +447,13 @@ def section_moe_schedules() -> list[str]:
     return [*lines, ""]
 
 
-def section_moe_variants() -> list[str]:
+def section_moe_variants(recipe: str = "moe-tiny-variants", raw: str = "variants_moe_tiny",
+                         how: str = "150 steps at 2e-4") -> list[str]:
     lines, data = _section(
-        "moe/variants_moe_tiny.json", "Fine-tuned MoE variants: moe-tiny fine-tuned on four domains, consolidated",
-        "python benchmarks/moe_variants.py --recipe models/recipes/moe-tiny-variants.yaml "
-        "--json benchmarks/results/moe/variants_moe_tiny.json",
+        f"moe/{raw}.json", f"Fine-tuned MoE variants: `{recipe}`, moe-tiny fine-tuned on four domains ({how}), "
+        "consolidated",
+        f"python benchmarks/moe_variants.py --recipe models/recipes/{recipe}.yaml "
+        f"--json benchmarks/results/moe/{raw}.json",
         "Four fine-tunes of moe-tiny (embeddings and head frozen), one per text shipped with Python; each consolidated "
         "package measured per variant on held-out text of its own domain (every tenth file or block, never trained "
         "on): perplexity of the unmerged variant, of the package's variant, of the average merge and of the TIES "
@@ -577,6 +579,7 @@ def render() -> str:
     lines += section_moe_predictors("moe-large")
     lines += section_moe_schedules()
     lines += section_moe_variants()
+    lines += section_moe_variants("moe-tiny-variants-light", "variants_moe_tiny_light", "30 steps at 5e-5: a light touch")
     lines += section_moe_variant_serving(
         "moe-tiny", "python benchmarks/moe_variant_serving.py --package models/moe-tiny-variants --checkpoints "
         "models/moe-tiny-variants-hf --json benchmarks/results/moe/variant_serving_moe_tiny.json",

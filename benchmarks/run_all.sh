@@ -50,6 +50,8 @@ run schedules python benchmarks/moe_schedules.py --package models/moe-large --ch
     --json "$results/moe/schedules_moe_large.json"
 run variants python benchmarks/moe_variants.py --recipe models/recipes/moe-tiny-variants.yaml \
     --json "$results/moe/variants_moe_tiny.json"
+run variants-light python benchmarks/moe_variants.py --recipe models/recipes/moe-tiny-variants-light.yaml \
+    --json "$results/moe/variants_moe_tiny_light.json"
 run variant-serving python benchmarks/moe_variant_serving.py --package models/moe-tiny-variants \
     --checkpoints models/moe-tiny-variants-hf --json "$results/moe/variant_serving_moe_tiny.json"
 run expert-exec-large python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 \
