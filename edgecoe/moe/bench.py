@@ -222,7 +222,7 @@ def _run_peer(spec: MoeBenchSpec, mode: str, entry: str) -> dict[str, Any]:
 
     manifest = load_moe_package(spec.package).manifest
     budget = parse_budget(spec.budget, total_bytes=manifest.total_expert_bytes)
-    dense = sum(f.bytes for f in manifest.files()) - manifest.total_expert_bytes
+    dense = manifest.non_expert_bytes
     ids = _prompt_ids(spec)
     out: dict[str, Any] = {"expert_budget_bytes": budget, "total_expert_bytes": manifest.total_expert_bytes,
                            "device_memory": None}

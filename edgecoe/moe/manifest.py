@@ -345,6 +345,11 @@ class MoeManifest(StrictModel):
         """Bytes of every stored routed expert."""
         return self.expert_bytes * sum(len(layer.experts) for layer in self.layers)
 
+    @property
+    def non_expert_bytes(self) -> int:
+        """Bytes of every other file: tokenizer, embeddings, dense layers, head, predictor, variants' parts."""
+        return sum(f.bytes for f in self.files()) - self.total_expert_bytes
+
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, so identical packages have identical bytes."""
         import json

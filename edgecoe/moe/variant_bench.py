@@ -103,7 +103,7 @@ class SingleModels:
 class SwapWhole:
     """One variant's whole model resident at a time; a switch builds and preloads the next one."""
 
-    def __init__(self, packages: Mapping[str, MoePackage], budget: Mapping[str, int], policy: str) -> None:
+    def __init__(self, packages: Mapping[str, MoePackage], budget: Mapping[str, int | None], policy: str) -> None:
         self.packages, self.budget, self.policy = packages, budget, policy
         self.current: str | None = None
         self.model: MoeModel | None = None
@@ -129,14 +129,9 @@ class SwapWhole:
             self.model.close()
 
 
-def _dense_bytes(package: MoePackage) -> int:
-    manifest = package.manifest
-    return sum(f.bytes for f in manifest.files()) - manifest.total_expert_bytes
-
-
 def _expert_budget(package: MoePackage, memory: int) -> int | None:
     """The expert budget that keeps ``package``'s model within ``memory`` (None: it fits whole)."""
-    room = memory - _dense_bytes(package)
+    room = memory - package.manifest.non_expert_bytes
     if room >= package.manifest.total_expert_bytes:
         return None
     if room < package.manifest.expert_bytes:
@@ -178,7 +173,7 @@ def run_entry(entry: str, consolidated: MoePackage, singles: Mapping[str, MoePac
         chosen = variants if entry == "separate-resident" else variants[:1]
         backend = SingleModels({v: MoeModel(singles[v], MoeConfig(policy=policy)) for v in chosen},
                                route=(lambda v: v) if entry == "separate-resident" else (lambda v: variants[0]))
-        held = sum(_dense_bytes(singles[v]) + singles[v].manifest.total_expert_bytes for v in chosen)
+        held = sum(singles[v].manifest.total_expert_bytes + singles[v].manifest.non_expert_bytes for v in chosen)
     elif entry == "static-split":
         share = memory // len(variants)
         try:
@@ -189,15 +184,14 @@ def run_entry(entry: str, consolidated: MoePackage, singles: Mapping[str, MoePac
         backend = SingleModels({v: MoeModel(singles[v], MoeConfig(budget=budgets[v], policy=policy)) for v in variants})
         held = share * len(variants)
     elif entry == "swap-whole":
-        budgets_ = {v: _expert_budget(singles[v], memory) for v in variants}
-        backend = SwapWhole(singles, {v: b for v, b in budgets_.items() if b is not None} | {
-            v: singles[v].manifest.total_expert_bytes for v, b in budgets_.items() if b is None}, policy)
+        backend = SwapWhole(singles, {v: _expert_budget(singles[v], memory) for v in variants}, policy)
         held = memory
     elif entry == "merged":
         budget = _expert_budget(merged, memory)
         backend = SingleModels({"merged": MoeModel(merged, MoeConfig(budget=budget, policy=policy))},
                                route=lambda v: "merged")
-        held = _dense_bytes(merged) + (budget if budget is not None else merged.manifest.total_expert_bytes)
+        held = merged.manifest.non_expert_bytes + (budget if budget is not None else
+                                                   merged.manifest.total_expert_bytes)
     else:
         raise InvalidInputError(f"unknown variant bench entry {entry!r}; valid: {', '.join(ENTRIES)}")
     server = VariantServer(backend, params, max_batch=max_batch, max_wait_ms=max_wait_ms)
