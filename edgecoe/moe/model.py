@@ -31,7 +31,7 @@ from edgecoe.cache import ExpertCache
 from edgecoe.config import parse_budget
 from edgecoe.errors import InvalidInputError, PackageError, Problem, ProviderUnavailableError, SessionError
 from edgecoe.loaders import ExpertLoader, LoadedExpert
-from edgecoe.moe.manifest import MoeManifest, SlotNames, VariantRecord
+from edgecoe.moe.manifest import MoeManifest, SlotNames
 from edgecoe.moe.package import MoePackage
 from edgecoe.moe.predictors import package_activations, package_predictor
 from edgecoe.moe.prefetch import Prefetcher
@@ -46,6 +46,7 @@ from edgecoe.moe.schedules import (
 )
 from edgecoe.moe.timeline import Timeline
 from edgecoe.moe.weights import ExpertRunner, ExpertWeights, Placement, WeightLoader, read_exact
+from edgecoe.package.manifest import FileRecord
 from edgecoe.providers import available_providers, create_session
 
 if TYPE_CHECKING:
@@ -166,15 +167,6 @@ PART_PREFIX = "part:"
 file, so a file several variants share (embeddings and head of fine-tunes that froze them) is held once."""
 
 
-@dataclass(frozen=True)
-class DenseParts:
-    """One variant's non-expert parts, ready to run: embedding table, dense layer sessions, head."""
-
-    embed: np.ndarray
-    layers: list[Any]
-    head: Any
-
-
 class MoeModel:
     """The serving parts of one MoE package; see the module docstring.
 
@@ -219,17 +211,18 @@ class MoeModel:
         # variant switch loads only the files the new variant does not share with what is resident,
         # and a variant not served lately can be evicted.
         self._parts = {v.name: [v.embed.file, *v.dense, v.head] for v in manifest.variants}
-        self._part_bytes = {PART_PREFIX + f.path: f.bytes for files in self._parts.values() for f in files}
+        self._part_records = {f.path: f for files in self._parts.values() for f in files}
         self._dense_bytes = {v: sum(f.bytes for f in files) for v, files in self._parts.items()}
         self._pinned: list[str] = []
         if variant is None:
-            parts = self._dense_parts(None)
-            self.embed, self.dense, self.head = parts.embed, parts.layers, parts.head
+            self.embed = self._open_part(manifest.embed.file)
+            self.dense = [self._open_part(layer.dense) for layer in manifest.layers]
+            self.head = self._open_part(manifest.head)
         self.runner = ExpertRunner(manifest.expert_format, hidden_size=self.shape.hidden_size,
                                    intermediate_size=manifest.moe.intermediate_size, providers=providers,
                                    placement=placement, intra_op_threads=threads, session_config=session_config)
         # a variant package's budget also holds its non-expert files: a share is of both together
-        total = manifest.total_expert_bytes + sum(self._part_bytes.values())
+        total = manifest.total_expert_bytes + sum(f.bytes for f in self._part_records.values())
         budget = total if self.config.budget is None else parse_budget(self.config.budget, total_bytes=total)
         least = manifest.expert_bytes + max(self._dense_bytes.values(), default=0)
         if budget < least:
@@ -260,23 +253,19 @@ class MoeModel:
         self._inv_freq = 1.0 / (np.float32(self.shape.rope_theta) ** (
             np.arange(0, self.shape.head_dim, 2, dtype=np.float32) / np.float32(self.shape.head_dim)))
 
-    def _dense_parts(self, variant: VariantRecord | None) -> DenseParts:
-        """The embedding table, dense layer sessions and head session of ``variant`` (None: the package's)."""
-        manifest, package = self.manifest, self.package
-        embed = variant.embed if variant is not None else manifest.embed
-        dense = variant.dense if variant is not None else [layer.dense for layer in manifest.layers]
-        head = variant.head if variant is not None else manifest.head
-        table = read_exact(package.path(embed.file), embed.file.bytes).view(np.float32).reshape(embed.shape)
-        def session(path: Path) -> Any:
+    def _open_part(self, record: FileRecord) -> Any:
+        """One non-expert file ready to run: the embedding table (raw float32) or an ONNX Runtime session."""
+        path = self.package.path(record)
+        if record.path.endswith(".onnx"):
             return create_session(path, providers=self._providers, intra_op_threads=self._threads,
                                   session_config=self._session_config)
-
-        return DenseParts(table, [session(package.path(f)) for f in dense], session(package.path(head)))
+        return read_exact(path, record.bytes).view(np.float32).reshape(self.manifest.embed.shape)
 
     def _load(self, name: str) -> tuple[LoadedExpert[Any], int]:
         started = time.perf_counter()
         if name.startswith(PART_PREFIX):
-            loaded: LoadedExpert[Any] = LoadedExpert(self._read_part(name[len(PART_PREFIX):]), self._size_of(name),
+            record = self._part_records[name[len(PART_PREFIX):]]
+            loaded: LoadedExpert[Any] = LoadedExpert(self._open_part(record), record.bytes,
                                                      (time.perf_counter() - started) * 1e3, True, "disk")
         else:
             loaded = self.loader.load(name, self.config.device)
@@ -290,7 +279,7 @@ class MoeModel:
 
     def _size_of(self, name: str) -> int:
         if name.startswith(PART_PREFIX):
-            return self._part_bytes[name]
+            return self._part_records[name[len(PART_PREFIX):]].bytes
         return self.loader.footprint_bytes(name)
 
     def _serve(self, variant: str) -> None:
@@ -305,15 +294,6 @@ class MoeModel:
             self.cache.release(name)
         self._pinned = names
         self.embed, self.dense, self.head = handles[0], handles[1:-1], handles[-1]
-
-    def _read_part(self, path: str) -> Any:
-        """One non-expert file: the embedding table (raw float32) or an ONNX Runtime session."""
-        record = next(f for files in self._parts.values() for f in files if f.path == path)
-        if path.endswith(".onnx"):
-            return create_session(self.package.path(record), providers=self._providers,
-                                  intra_op_threads=self._threads, session_config=self._session_config)
-        shape = self.manifest.embed.shape
-        return read_exact(self.package.path(record), record.bytes).view(np.float32).reshape(shape)
 
     def _routers(self) -> list[np.ndarray]:
         variant = self.manifest.variant(self.variant) if self.manifest.variants else None
