@@ -112,13 +112,8 @@ class ExpertSchedule(Protocol):
         ...
 
 
-class OnDemand:
-    """Load when the router picks; least recently used out; nothing fetched ahead."""
-
-    name = "on-demand"
-
-    def __init__(self, context: ScheduleContext) -> None:
-        self.eviction: EvictionPolicy = LruPolicy()
+class _Passive:
+    """Every hook answers "nothing to fetch, nothing to drop"; a schedule overrides the hooks it acts on."""
 
     def layer_start(self, layer: int, phase: Phase) -> list[str]:
         return []
@@ -135,6 +130,15 @@ class OnDemand:
 
     def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
         return []
+
+
+class OnDemand(_Passive):
+    """Load when the router picks; least recently used out; nothing fetched ahead."""
+
+    name = "on-demand"
+
+    def __init__(self, context: ScheduleContext) -> None:
+        self.eviction: EvictionPolicy = LruPolicy()
 
 
 def _layer_of(name: str) -> int:
@@ -204,7 +208,7 @@ def speculate(context: ScheduleContext, layer: int, moe_input: np.ndarray, count
     return [context.name(nxt, int(e)) for e in best]
 
 
-class MixtralOffload:
+class MixtralOffload(_Passive):
     """Per-layer LRU with speculative next-layer prefetch of top-k (see the module docstring)."""
 
     name = "mixtral-offload"
@@ -214,21 +218,9 @@ class MixtralOffload:
         self.quota = max(1, context.budget_experts // context.num_layers)
         self.eviction: EvictionPolicy = LayerQuotaPolicy(self.quota, count_uses=False)
 
-    def layer_start(self, layer: int, phase: Phase) -> list[str]:
-        return []
-
     def routed(self, layer: int, phase: Phase, moe_input: np.ndarray, chosen: np.ndarray,
                resident: Container[str] = frozenset()) -> list[str]:
         return speculate(self.context, layer, moe_input, min(self.context.top_k, self.quota))
-
-    def ran(self, layer: int, phase: Phase, expert: str) -> bool:
-        return False
-
-    def prefill_start(self, resident: Iterable[str]) -> list[str]:
-        return []
-
-    def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
-        return []
 
 
 class PhaseAware:
@@ -337,7 +329,7 @@ class ActivationPolicy:
         return (self.scores.get(entry.expert, 0.0), entry.last_used_seq)
 
 
-class MoeInfinity:
+class MoeInfinity(_Passive):
     """Activation-aware caching and prefetch from traced EAMs (see the module docstring).
 
     Raises:
@@ -359,14 +351,8 @@ class MoeInfinity:
         self.eviction: EvictionPolicy = self.policy
         self.lookahead = max(1, min(LOOKAHEAD_LAYERS, context.num_layers - 1))
 
-    def layer_start(self, layer: int, phase: Phase) -> list[str]:
-        return []
-
     def prefill_start(self, resident: Iterable[str]) -> list[str]:
         self.current[:] = 0.0  # a new request: its EAM starts empty
-        return []
-
-    def unchosen(self, layer: int, phase: Phase, chosen: np.ndarray) -> list[str]:
         return []
 
     def matched(self) -> np.ndarray:
@@ -397,9 +383,6 @@ class MoeInfinity:
         # as many prefetches as the budget holds per layer, for the layers looked ahead at
         count = max(1, self.context.budget_experts // num_layers) * self.lookahead
         return [name for _value, name in ranked[:count] if name not in resident]
-
-    def ran(self, layer: int, phase: Phase, expert: str) -> bool:
-        return False
 
 
 LOOKAHEAD_LAYERS = 2
