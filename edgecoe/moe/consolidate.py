@@ -133,9 +133,14 @@ def _expert(ckpt: SafetensorsCheckpoint, arch: Architecture, layer: int, slot: i
             ckpt.get(names.down, (hidden, inter)))
 
 
+def _widened(weights: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    gate, up, down = weights
+    return gate.astype(np.float64), up.astype(np.float64), down.astype(np.float64)
+
+
 def expert_output(weights: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
     """The SwiGLU expert FFN on rows ``x [N, H]`` (float64 for the comparison)."""
-    gate, up, down = (w.astype(np.float64) for w in weights)
+    gate, up, down = (np.asarray(w, dtype=np.float64) for w in weights)  # no copy when already float64
     g = x @ gate.T
     return ((g / (1.0 + np.exp(-g))) * (x @ up.T)) @ down.T
 
@@ -200,8 +205,11 @@ def measure_distances(checkpoints: list[Path], texts: list[str], *,
     for layer in range(shape.num_layers):
         row = []
         for slot in range(moe.num_experts):
-            weights = [_expert(c, arch, layer, slot, shape.hidden_size, moe.intermediate_size) for c in ckpts]
-            flat = [np.concatenate([w.ravel() for w in ws]).astype(np.float64) for ws in weights]
+            # each variant's weights widened once per slot, not once per pair
+            weights = [_widened(_expert(c, arch, layer, slot, shape.hidden_size, moe.intermediate_size))
+                       for c in ckpts]
+            flat = [np.concatenate([w.ravel() for w in ws]) for ws in weights]
+            norms = [float(np.linalg.norm(f)) for f in flat]
             l2 = np.zeros((v, v))
             cosine = np.zeros((v, v))
             functional = np.zeros((v, v))
@@ -209,10 +217,8 @@ def measure_distances(checkpoints: list[Path], texts: list[str], *,
                 x = inputs[a][layer][slot]
                 ref = expert_output(weights[a], x) if len(x) else None
                 for b in range(v):
-                    diff = flat[a] - flat[b]
-                    l2[a, b] = float(np.linalg.norm(diff) / max(np.linalg.norm(flat[a]), 1e-30))
-                    cosine[a, b] = float(1.0 - flat[a] @ flat[b] / max(
-                        np.linalg.norm(flat[a]) * np.linalg.norm(flat[b]), 1e-30))
+                    l2[a, b] = float(np.linalg.norm(flat[a] - flat[b]) / max(norms[a], 1e-30))
+                    cosine[a, b] = float(1.0 - flat[a] @ flat[b] / max(norms[a] * norms[b], 1e-30))
                     if ref is not None:
                         other = expert_output(weights[b], x)
                         functional[a, b] = float(np.linalg.norm(other - ref) / max(np.linalg.norm(ref), 1e-30))
