@@ -343,7 +343,8 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
+def nearest_rank(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` by nearest rank (a value that occurred; 0 for none)."""
     ordered = sorted(values)
     if not ordered:
         return 0.0
@@ -365,8 +366,8 @@ def summarize(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]
             row[name] = _median(values)
             row[f"{name}_range"] = [min(values), max(values)]
         every_e2e = [p["e2e_ms"] for r in per_run for p in r["prompts"] if p["e2e_ms"] is not None]
-        row["e2e_p50_ms"] = _percentile(every_e2e, 0.5)
-        row["e2e_p99_ms"] = _percentile(every_e2e, 0.99)
+        row["e2e_p50_ms"] = nearest_rank(every_e2e, 0.5)
+        row["e2e_p99_ms"] = nearest_rank(every_e2e, 0.99)
         mode = key.split("/")[0]
         for ref in ("on-demand", "all-resident"):
             ref_key = f"{mode}/on-demand" if ref == "on-demand" else "page-cache/all-resident"
@@ -395,11 +396,11 @@ def summarize(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]
         tpots = [p["time_per_output_token_ms"] for r in per_run for p in r["prompts"]
                  if p.get("time_per_output_token_ms") is not None]
         if tpots:
-            row["tpot_p50_ms"] = _percentile(tpots, 0.5)
-            row["tpot_p99_ms"] = _percentile(tpots, 0.99)
+            row["tpot_p50_ms"] = nearest_rank(tpots, 0.5)
+            row["tpot_p99_ms"] = nearest_rank(tpots, 0.99)
             ttfts = [p["ttft_ms"] for r in per_run for p in r["prompts"] if p["ttft_ms"] is not None]
-            row["ttft_p50_ms"] = _percentile(ttfts, 0.5)
-            row["ttft_p99_ms"] = _percentile(ttfts, 0.99)
+            row["ttft_p50_ms"] = nearest_rank(ttfts, 0.5)
+            row["ttft_p99_ms"] = nearest_rank(ttfts, 0.99)
         out[key] = row
     return out
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgecoe.errors import InvalidInputError
+from edgecoe.moe.bench import nearest_rank
 from edgecoe.moe.generate import Generator, SamplingParams
 from edgecoe.moe.model import MoeConfig, MoeModel
 from edgecoe.moe.package import MoePackage, load_moe_package
@@ -154,11 +155,6 @@ class EntryResult:
     refused: int
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]) if ordered else 0.0
-
-
 def run_entry(entry: str, consolidated: MoePackage, singles: Mapping[str, MoePackage], merged: MoePackage,
               workload: list[VariantRequest], params: SamplingParams, *, memory: int, policy: str = "on-demand",
               max_batch: int = 8, max_wait_ms: float = 2000.0) -> EntryResult:
@@ -204,9 +200,9 @@ def run_entry(entry: str, consolidated: MoePackage, singles: Mapping[str, MoePac
     turnaround = [t.turnaround_ms for t in timings]
     ttft = [t.first_token_ms for t in timings]
     return EntryResult(entry, held, backend.switches, sum(t.tokens for t in timings) / wall,
-                       _percentile(turnaround, 0.5), _percentile(turnaround, 0.99),
-                       statistics.fmean(turnaround) if turnaround else 0.0, _percentile(ttft, 0.5),
-                       _percentile(ttft, 0.99), len(timings), len(server.refused))
+                       nearest_rank(turnaround, 0.5), nearest_rank(turnaround, 0.99),
+                       statistics.fmean(turnaround) if turnaround else 0.0, nearest_rank(ttft, 0.5),
+                       nearest_rank(ttft, 0.99), len(timings), len(server.refused))
 
 
 def _shared_files_bytes(package: MoePackage) -> int:
