@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgecoe.errors import InvalidInputError, QueueFullError, RoutingError, WorkloadError
+from edgecoe.package.feeds import entry_request_inputs
 from edgecoe.package.manifest import Manifest
 from edgecoe.package.routing import entry_expert
 from edgecoe.workload import Workload, materialize
@@ -27,6 +28,9 @@ class Admission:
         self.manifest = manifest
         self._input_specs = {s.name: s for s in manifest.inputs}
         self._known_metadata = set(manifest.metadata) | {manifest.entry.key}
+        # A request carries what its route needs; at submit only its first expert's reads are known.
+        firsts = {*manifest.entry.experts.values(), *([manifest.entry.default] if manifest.entry.default else [])}
+        self._needs = {name: entry_request_inputs(manifest, name) for name in firsts if name in manifest.experts}
 
     def admit(self, inputs: Mapping[str, np.ndarray],
               metadata: Mapping[str, object] | None) -> tuple[dict[str, np.ndarray], str]:
@@ -38,27 +42,36 @@ class Admission:
         Raises:
             InvalidInputError: naming the input, key or value at fault.
         """
-        arrays = self.inputs(inputs)
         metadata = {} if metadata is None else metadata
         self.metadata(metadata)
         try:
             first = entry_expert(self.manifest.entry, metadata)
         except RoutingError as exc:
             raise InvalidInputError(str(exc)) from None
-        return arrays, first
+        return self.inputs(inputs, first=first), first
 
-    def inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def inputs(self, inputs: Mapping[str, np.ndarray], *, first: str | None = None) -> dict[str, np.ndarray]:
         """The request's inputs, checked and copied (read-only): a caller changing its arrays
-        after submit cannot change what the model sees, nor bypass the checks."""
+        after submit cannot change what the model sees, nor bypass the checks.
+
+        A request carries the package inputs its route reads: those its first expert
+        reads must be there (``first``; None: every package input); any other it carries
+        is checked the same way, and an expert later on its path that needs one it
+        lacks fails the request, naming the expert and the input.
+        """
         if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
             raise InvalidInputError(f"request inputs must be a mapping of input name to array, got "
                                     f"{type(inputs).__name__}")
-        missing = sorted(set(self._input_specs) - set(inputs))
+        needed = self._needs.get(first, list(self._input_specs)) if first is not None else list(self._input_specs)
+        missing = sorted(set(needed) - set(inputs))
         extra = sorted(set(inputs) - set(self._input_specs))
         if missing or extra:
-            raise InvalidInputError(f"request inputs {sorted(inputs)}: missing {missing}, unexpected {extra}")
+            at = f" (expert {first!r}, where this request starts, reads {sorted(needed)})" if first else ""
+            raise InvalidInputError(f"request inputs {sorted(inputs)}: missing {missing}, unexpected {extra}{at}")
         out = {}
         for name, spec in self._input_specs.items():
+            if name not in inputs:
+                continue
             if not isinstance(inputs[name], (np.ndarray, np.generic, list, tuple, int, float, bool)):
                 raise InvalidInputError(f"input {name!r} is a {type(inputs[name]).__name__}, expected a numpy array")
             array = np.array(inputs[name], copy=True)

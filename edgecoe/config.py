@@ -65,6 +65,12 @@ class RuntimeConfig:
             inputs (copied at submit) plus 8 KiB each of bookkeeping. None: 5 %
             of the device's host memory (the profile's, else this machine's),
             between 64 MiB and 1 GiB.
+        max_streams: streams of a stateful package whose state is held at most;
+            beyond it the least recently used stream's state is dropped (its
+            next request without ``stream_start`` is refused, naming it).
+        max_state_bytes: bytes of stream state held at most (same rule).
+        max_fanout: items one ``prepare`` transform may make from one item
+            (more fails the request): bounds what one request can queue.
     """
 
     policy: str = "edgecoe"
@@ -86,6 +92,9 @@ class RuntimeConfig:
     quarantine_s: float = 60.0
     max_queued_requests: int = 10_000
     max_queued_input_bytes: int | None = None
+    max_streams: int = 1024
+    max_state_bytes: int = 64 * 1024 * 1024
+    max_fanout: int = 1024
 
     def validate(self) -> None:
         from edgecoe.cache import EVICTION_POLICIES
@@ -119,6 +128,9 @@ class RuntimeConfig:
             raise InvalidInputError(f"max_queued_requests={self.max_queued_requests} must be in 1..10000000")
         if self.max_queued_input_bytes is not None and not self.max_queued_input_bytes > 0:
             raise InvalidInputError(f"max_queued_input_bytes={self.max_queued_input_bytes} must be > 0")
+        for name in ("max_streams", "max_state_bytes", "max_fanout"):
+            if not 1 <= getattr(self, name) <= 1 << 40:
+                raise InvalidInputError(f"{name}={getattr(self, name)} must be >= 1")
         if self.budget is not None:
             parse_budget(self.budget, total_bytes=1 << 40)  # syntax check; the share is resolved later
 

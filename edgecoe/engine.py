@@ -286,7 +286,8 @@ def cost_model(manifest: Manifest, profile: DeviceProfile, preset: Preset, *,
     experts = manifest.experts
     return CostModel(architecture_of={n: e.architecture for n, e in experts.items()},
                      bytes_of={n: e.total_bytes for n, e in experts.items()}, profile=profile,
-                     resident=resident, resident_set=resident_set, max_batch_cap=None if preset.batching else 1)
+                     resident=resident, resident_set=resident_set, max_batch_cap=None if preset.batching else 1,
+                     expert_max_batch={n: e.batch.max for n, e in experts.items() if e.batch.max is not None})
 
 
 def working_bytes_per_executor(manifest: Manifest, profile: DeviceProfile, cost: CostModel) -> dict[str, int]:

@@ -55,8 +55,11 @@ class Result:
         request_id: the id it was submitted with.
         outputs: the last expert's outputs for this request (one item, no batch axis).
         path: experts visited, in the order they ran.
-        leaves: outputs of every expert the request stopped at (several after a fan-out).
+        leaves: outputs of every expert the request stopped at (several after a fan-out):
+            the last item's, where several items stopped at one expert.
         latency_ms: from submission to completion.
+        items: per expert the request stopped at, every item's outputs, in fan-out order
+            (a detector's boxes fanned out to a recogniser: one entry per box, in box order).
     """
 
     request_id: str
@@ -64,6 +67,7 @@ class Result:
     path: list[str]
     leaves: dict[str, dict[str, np.ndarray]]
     latency_ms: float
+    items: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +104,7 @@ class Report:
     link_busy_s: dict[str, float] = field(default_factory=dict)  # simulated: shared load link -> seconds in use
     storage_read_bytes: int | None = None  # read from storage (not the page cache) while serving; None: unknown
     device_memory: dict[str, object] = field(default_factory=dict)  # the memory limit a run was under, if any
+    isolated_batches: int = 0  # batches that failed whole and re-ran item by item (their items' fates in errors)
     machine: dict[str, str] = field(default_factory=lambda: machine_info())
 
     def to_dict(self) -> dict[str, object]:

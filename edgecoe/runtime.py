@@ -18,6 +18,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
@@ -36,20 +37,23 @@ from edgecoe.errors import (
     RequestError,
     RoutingError,
 )
-from edgecoe.execution import Outputs, run_isolating
+from edgecoe.execution import Item, run_isolating
 from edgecoe.health import ExpertHealth
 from edgecoe.loaders import ExpertLoader, LoadedExpert
 from edgecoe.memory import HeapTrimmer, release_freed_memory
 from edgecoe.package import Package
-from edgecoe.package.manifest import Route
-from edgecoe.package.routing import next_experts
+from edgecoe.package.feeds import FeedError, Source, expert_sources, item_shape, resolve
+from edgecoe.package.manifest import ExpertRecord
+from edgecoe.package.routing import route_item
 from edgecoe.profile import DeviceProfile, default_profile
 from edgecoe.replay import replay
 from edgecoe.results import CloseOutcome, Report, Result
 from edgecoe.sched import ExecutorInfo, SchedulingPolicy, Task
 from edgecoe.sched.prefetch import NeededCounts, likely_successors
 from edgecoe.sched.types import Batch
+from edgecoe.streams import StreamError, StreamStates
 from edgecoe.timeline import Timeline
+from edgecoe.transforms import Transform, TransformCall, TransformError, check_provided, run_finish, run_prepare
 from edgecoe.workload import Workload
 
 logger = logging.getLogger(__name__)
@@ -66,17 +70,36 @@ class _Request:
     input_bytes: int = 0  # its copied inputs and bookkeeping, counted against the queue limit
     pending: int = 1  # tasks not finished yet (fan-out adds some)
     path: list[str] = field(default_factory=list)
-    leaves: dict[str, Outputs] = field(default_factory=dict)
-    last_outputs: Outputs = field(default_factory=dict)
+    leaves: dict[str, Item] = field(default_factory=dict)
+    last_outputs: Item = field(default_factory=dict)
     failed: bool = False
+    first: str = ""
+    metadata: Mapping[str, object] = field(default_factory=dict)
+    stream: str | None = None  # a stateful package's stream this request continues (or starts)
+    stream_start: bool = False
+    waiting: bool = False  # queued behind its stream's request in flight, not begun
+    items: list[tuple[tuple[int, ...], str, Item]] = field(default_factory=list)  # (fan-out key, leaf, outputs)
 
 
 @dataclass(slots=True)
 class _Payload:
-    """What a runtime task carries through the scheduler."""
+    """What a runtime task carries through the scheduler: one item on its way through the graph."""
 
     request: _Request
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]  # the expert's model inputs for this item
+    lineage: dict[str, Item] = field(default_factory=dict)  # outputs of the experts earlier on its path
+    prepared: dict[str, Item] = field(default_factory=dict)  # prepare transforms' values along its path
+    key: tuple[int, ...] = ()  # position among the request's fanned-out items (orders the result)
+
+
+class _ItemFailed(Exception):
+    """One item cannot go on (a transform, a feed, a stream, a route): its request fails with this cause."""
+
+
+# Distinct failure causes a report counts apart; more are counted together (hostile inputs
+# could otherwise make every error message unique and the table unbounded).
+_MAX_ERROR_KEYS = 200
+_MAX_ERROR_KEY_CHARS = 2000
 
 
 def _resolve(future: Future[Result], outcome: Result | BaseException) -> None:
@@ -112,9 +135,12 @@ class Runtime:
 
     def __init__(self, package: Package, *, config: RuntimeConfig | None = None,
                  profile: DeviceProfile | None = None, timeline: Timeline | None = None,
-                 loader: ExpertLoader[Any] | None = None) -> None:
+                 loader: ExpertLoader[Any] | None = None,
+                 transforms: Mapping[str, Transform] | None = None) -> None:
         self.config = config or RuntimeConfig()
         self.config.validate()
+        self._transforms = dict(transforms or {})
+        check_provided(package.manifest.transforms(), self._transforms)
         self.timeline = timeline
         self.package = package
         self._start = time.perf_counter()
@@ -138,6 +164,15 @@ class Runtime:
         self._seq = itertools.count()
         self._requests: dict[str, _Request] = {}
         self._errors: dict[str, int] = {}
+        self.isolated_batches = 0  # batches that failed whole and re-ran item by item
+        manifest = package.manifest
+        self._sources: dict[str, dict[str, Source]] = {n: expert_sources(manifest, n) for n in manifest.experts}
+        self._constants = {n: c.array() for n, c in manifest.constants.items()}
+        self._initial_state = {n: self._initial_states(e) for n, e in manifest.experts.items() if e.state}
+        self.states = StreamStates(max_streams=self.config.max_streams, max_bytes=self.config.max_state_bytes)
+        # stream -> its requests waiting behind the one in flight (a stream's calls run in order)
+        self._stream_queue: dict[str, deque[_Request]] = {}
+        self._released: list[_Request] = []  # requests whose turn came, to begin outside the lock
         self._needed = NeededCounts()  # what queued and running tasks need: a prefetch never evicts it
         self._prefetch_hints: list[tuple[str, list[str]]] = []
         self._prefetching = False
@@ -176,13 +211,17 @@ class Runtime:
 
     # -- public API ----------------------------------------------------------------------
     def submit(self, inputs: Mapping[str, np.ndarray], metadata: Mapping[str, object] | None = None, *,
-               request_id: str | None = None, wait_s: float | None = 0.0) -> Future[Result]:
+               request_id: str | None = None, wait_s: float | None = 0.0, stream: str | None = None,
+               stream_start: bool = False) -> Future[Result]:
         """Queue one request (one item per input, no batch axis). Its inputs are copied.
 
         Args:
             request_id: an id of your own (unique among requests in flight).
             wait_s: when the queue limits are reached, wait this long for room
                 (None: as long as it takes) before raising :class:`QueueFullError`.
+            stream: for packages with stateful experts: the stream this request
+                continues. A stream's requests run one after another, in submission order.
+            stream_start: begin ``stream`` afresh (its first request, or a restart).
 
         Returns:
             A future resolving to a :class:`Result`, or raising :class:`RequestError`.
@@ -194,6 +233,7 @@ class Runtime:
             RuntimeError: the runtime is closed.
         """
         arrays, first = self._admission.admit(inputs, metadata)
+        self._check_stream(stream, stream_start, first)
         num_bytes = sum(a.nbytes for a in arrays.values()) + REQUEST_OVERHEAD_BYTES
         self.in_flight.acquire(num_bytes, wait_s=wait_s)  # outside our lock: a wait must not stall executors
         future: Future[Result] = Future()
@@ -206,14 +246,134 @@ class Runtime:
                 self.in_flight.release(num_bytes)
                 raise RuntimeError(refused) if self._closing else InvalidInputError(refused)
             now = self.now_ms()
-            request = _Request(rid, arrays, future, now, input_bytes=num_bytes)
+            request = _Request(rid, arrays, future, now, input_bytes=num_bytes, first=first,
+                               metadata=dict(metadata or {}), stream=stream, stream_start=stream_start)
             self._requests[rid] = request
-            self._enqueue_locked(Task(rid, first, now, seq, _Payload(request, arrays)), now)
-            self._work.notify_all()
+            waiting = self._stream_queue.get(stream) if stream is not None else None
+            if waiting is not None:
+                request.waiting = True  # its turn comes when the stream's request ahead ends
+                waiting.append(request)
+            elif stream is not None:
+                self._stream_queue[stream] = deque()
         # NOTE: by id, not the request: a future referring back to its request would make a cycle
         # that keeps every finished request's inputs alive until the garbage collector runs.
         future.add_done_callback(lambda f: self._maybe_cancelled(rid, f))
+        if waiting is None:
+            self._begin(request)
         return future
+
+    def _check_stream(self, stream: str | None, start: bool, first: str) -> None:
+        """A stream id where the package is stateful, and a stream that is held unless started."""
+        stateful = bool(self._initial_state)
+        if stream is None:
+            if start:
+                raise InvalidInputError("stream_start=True needs a stream id")
+            if first in self._initial_state:
+                raise InvalidInputError(f"expert {first!r} is stateful: submit its requests with a stream id "
+                                        "(stream=ID, and stream_start=True for a stream's first request)")
+            return
+        if not stateful:
+            raise InvalidInputError(f"stream {stream!r}: this package has no stateful expert; submit without a stream")
+        if not isinstance(stream, str) or not 0 < len(stream) <= 256 or not stream.isprintable():
+            raise InvalidInputError(f"stream id {stream!r}: expected 1 to 256 printable characters")
+        with self._lock:
+            behind = stream in self._stream_queue
+        if not start and not behind and not self.states.known(stream):
+            raise InvalidInputError(self.states.unknown(stream))
+
+    def _begin(self, request: _Request) -> None:
+        """Start a request at its first expert: its stream's state, its prepare transform, its inputs."""
+        try:
+            if request.stream is not None and request.stream_start:
+                self.states.start(request.stream)
+            tasks = self._tasks_for(request, request.first, {}, {}, None, ())
+        except _ItemFailed as exc:
+            self._fail_begun(request, str(exc))
+            return
+        with self._work:
+            if request.failed or request.future.done():
+                return  # cancelled while its transform ran
+            request.pending = len(tasks)
+            for task in tasks:
+                self._enqueue_locked(task, task.enqueued_ms)
+            if not tasks:  # the prepare transform made no item: nothing to run, an empty result
+                request.pending = 1
+                self._finish_task_locked(request)
+            self._work.notify_all()
+        self._begin_released()
+
+    def _fail_begun(self, request: _Request, cause: str) -> None:
+        with self._work:
+            self._fail_request_locked(request, request.first, cause)
+            self._work.notify_all()
+        self._begin_released()
+
+    def _begin_released(self) -> None:
+        """Begin the requests whose stream turn came (outside the lock: transforms may run)."""
+        while True:
+            with self._work:
+                if not self._released:
+                    return
+                request = self._released.pop(0)
+            if request.failed or request.future.done():
+                continue
+            self._begin(request)
+
+    def _initial_states(self, record: ExpertRecord) -> dict[str, np.ndarray]:
+        """A stateful expert's first state per state input: its constant, or zeros of one item's shape."""
+        specs = {s.name: s for s in record.inputs}
+        out = {}
+        for pair in record.state:
+            if pair.initial is not None:
+                out[pair.input] = self._constants[pair.initial]
+            else:
+                spec = specs[pair.input]
+                shape = [d for d in item_shape(spec, record.batch.axis(pair.input)) if isinstance(d, int)]  # all static (load checks)
+                out[pair.input] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+        return out
+
+    def _tasks_for(self, request: _Request, expert: str, lineage: dict[str, Item], prepared: dict[str, Item],
+                   parent: str | None, key: tuple[int, ...]) -> list[Task]:
+        """The tasks one item makes at ``expert``: its prepare transform (none, one or many items),
+        then each item's model inputs from their feeds.
+
+        Raises:
+            _ItemFailed: a transform, a feed or the stream failed (the cause names which).
+        """
+        record = self.package.experts[expert]
+        made: list[Item] = [{}]
+        if record.prepare is not None:
+            step = record.prepare
+            call = TransformCall(expert=expert, args=step.args, request=request.inputs, metadata=request.metadata,
+                                 lineage=lineage, prepared=prepared)
+            try:
+                made = run_prepare(self._transforms[step.transform], call, max_items=self.config.max_fanout)
+            except TransformError as exc:
+                raise _ItemFailed(f"transform {step.transform!r} (prepare of expert {expert!r}) {exc}") from None
+        state: dict[str, np.ndarray] = {}
+        if record.state:
+            if request.stream is None:
+                raise _ItemFailed(f"expert {expert!r} is stateful: submit its requests with a stream id")
+            if len(made) > 1:
+                raise _ItemFailed(f"expert {expert!r} is stateful and one request sent it {len(made)} items; "
+                                  "a stream's state follows one item per request")
+            try:
+                state = {**self._initial_state[expert], **self.states.get(request.stream, expert)}
+            except StreamError as exc:
+                raise _ItemFailed(str(exc)) from None
+        tasks = []
+        now = self.now_ms()
+        for j, values in enumerate(made):
+            try:
+                inputs = resolve(self._sources[expert], expert=expert, request=request.inputs,
+                                 constants=self._constants, lineage=lineage, parent=parent, prepared=values,
+                                 state=state)
+            except FeedError as exc:
+                raise _ItemFailed(str(exc)) from None
+            payload = _Payload(request, inputs, lineage, {**prepared, expert: values} if record.prepare else prepared,
+                               (*key, j) if record.prepare is not None else key)
+            tasks.append(Task(request.id, expert, now, next(self._seq), payload))
+        return tasks
 
     def _maybe_cancelled(self, request_id: str, future: Future[Result]) -> None:
         """The caller cancelled ``future``: its tasks are skipped, its room is freed."""
@@ -226,6 +386,7 @@ class Runtime:
                 self._retire_locked(request)
                 self._count_error_locked("cancelled by the caller")
             self._work.notify_all()
+        self._begin_released()
 
     def run(self, workload: Workload, *, progress: Callable[[int, int], None] | None = None) -> Report:
         """Replay ``workload`` at its arrival times and wait for every request (:func:`edgecoe.replay.replay`).
@@ -246,10 +407,12 @@ class Runtime:
         caches' counters since ``since`` (an ``engine.totals()``; default: since start)."""
         with self._lock:
             errors = dict(self._errors)
-        return self.engine.report(
+            isolated = self.isolated_batches
+        report = self.engine.report(
             num_requests=num_requests, latencies_ms=latencies_ms, wall_s=wall_s, since=since, errors=errors,
             startup_s=self.startup_s, quarantined=self.health.quarantined(self.now_ms() / 1e3),
             expert_failures=self.health.failures())
+        return replace(report, isolated_batches=isolated)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until no task is queued or running and no prefetch is under way.
@@ -281,6 +444,12 @@ class Runtime:
             in_flight = {rid: r.future for rid, r in self._requests.items()}
             if not drain:
                 self._cancel_queued_locked("runtime closed without draining")
+                for waiting in self._stream_queue.values():
+                    for request in list(waiting):
+                        self._fail_request_locked(request, None, "cancelled: runtime closed without draining",
+                                                  RequestCancelled)
+                    waiting.clear()
+                self._released.clear()
             self._closing = True
             self._work.notify_all()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -292,6 +461,7 @@ class Runtime:
                 self._cancel_queued_locked(why)
                 for request in list(self._requests.values()):
                     self._fail_request_locked(request, None, f"cancelled: {why}", RequestCancelled)
+                self._released.clear()
         for cache in self.caches.values():
             cache.clear()
         release_freed_memory()
@@ -373,12 +543,20 @@ class Runtime:
             self.health.succeeded(expert)
         elif outcome.failed:
             self._expert_failed(expert, outcome.failed[0][1])
+        if outcome.isolated:
+            logger.warning("expert %s: a batch of %d failed as a whole and re-ran item by item (%d failed alone)",
+                           expert, len(tasks), len(outcome.failed))
+        # Finish transforms, state writes, routing and the next experts' prepare transforms run
+        # here, outside the lock; only the bookkeeping below takes it.
+        continued = [(tasks[i], *self._continue(tasks[i], record, outputs)) for i, outputs in outcome.ran]
         with self._work:
-            for i, cause in outcome.failed:
-                self._fail_locked(tasks[i], cause)
-            for i, outputs, row in outcome.ran:
-                self._route_locked(tasks[i], record.route, outputs, row)
+            self.isolated_batches += outcome.isolated
+            for i, failure in outcome.failed:
+                self._fail_locked(tasks[i], failure)
+            for task, leaf, next_tasks, cause in continued:
+                self._apply_locked(task, leaf, next_tasks, cause)
             self._work.notify_all()
+        self._begin_released()
 
     def _expert_failed(self, expert: str, cause: str) -> None:
         if self.health.failed(expert, cause, self.now_ms() / 1e3):
@@ -390,30 +568,67 @@ class Runtime:
             for task in tasks:
                 self._fail_locked(task, cause)
             self._work.notify_all()
+        self._begin_released()
 
     # -- routing and bookkeeping (all under the lock) -----------------------------------------
-    def _route_locked(self, task: Task, route: Route, outputs: Outputs, index: int) -> None:
+    def _continue(self, task: Task, record: ExpertRecord,
+                  outputs: Item) -> tuple[Item | None, list[Task], str | None]:
+        """Where one item goes after its expert ran: (its outputs if it stops here, the next
+        tasks, or the cause it failed). Runs the finish transform, keeps a stream's state,
+        routes, and makes the next experts' tasks (their prepare transforms included)."""
+        payload = _payload(task)
+        request = payload.request
+        if request.failed:
+            return None, [], None
+        expert = task.expert
+        try:
+            if record.finish is not None:
+                step = record.finish
+                call = TransformCall(expert=expert, args=step.args, request=request.inputs,
+                                     metadata=request.metadata, lineage=payload.lineage,
+                                     prepared=payload.prepared, outputs=outputs)
+                try:
+                    outputs = {**outputs, **run_finish(self._transforms[step.transform], call)}
+                except TransformError as exc:
+                    raise _ItemFailed(f"transform {step.transform!r} (finish of expert {expert!r}) {exc}") from None
+            if record.state:
+                assert request.stream is not None  # the task could not have been made without one
+                try:
+                    self.states.put(request.stream, expert, {p.input: outputs[p.output] for p in record.state})
+                except StreamError as exc:
+                    raise _ItemFailed(str(exc)) from None
+            try:
+                targets = route_item(record.route, outputs)
+            except RoutingError as exc:
+                raise _ItemFailed(f"routing: {exc}") from None
+            if not targets:
+                return outputs, [], None
+            lineage = {**payload.lineage, expert: outputs}
+            tasks: list[Task] = []
+            for t, target in enumerate(targets):
+                key = (*payload.key, t) if len(targets) > 1 else payload.key
+                tasks += self._tasks_for(request, target, lineage, payload.prepared, expert, key)
+            return None, tasks, None
+        except _ItemFailed as exc:
+            return None, [], str(exc)
+
+    def _apply_locked(self, task: Task, leaf: Item | None, tasks: list[Task], cause: str | None) -> None:
+        """Record what :meth:`_continue` decided for one item."""
         request = _payload(task).request
         if request.failed:
             return
-        item = {name: array[index] for name, array in outputs.items()}
+        if cause is not None:
+            self._fail_locked(task, cause)
+            return
         request.path.append(task.expert)
-        try:
-            targets = next_experts(route, outputs, index)
-        except RoutingError as exc:
-            self._fail_locked(task, f"routing: {exc}")
-            return
-        if not targets:
-            request.leaves[task.expert] = item
-            request.last_outputs = item
-            self._finish_task_locked(request)
-            return
-        request.pending += len(targets) - 1
-        now = self.now_ms()
-        for target in targets:
-            specs = self.package.experts[target].inputs
-            inputs = {s.name: request.inputs[s.name] if s.name in request.inputs else item[s.name] for s in specs}
-            self._enqueue_locked(Task(request.id, target, now, next(self._seq), _Payload(request, inputs)), now)
+        if leaf is not None:
+            request.leaves[task.expert] = leaf
+            request.last_outputs = leaf
+            request.items.append((_payload(task).key, task.expert, leaf))
+        request.pending += len(tasks)
+        for next_task in tasks:
+            self._enqueue_locked(next_task, next_task.enqueued_ms)
+        self._finish_task_locked(request)
 
     def _enqueue_locked(self, task: Task, now: float) -> None:
         self._needed.add(task.expert)
@@ -425,8 +640,11 @@ class Runtime:
             return
         latency = self.now_ms() - request.submitted_ms
         self._retire_locked(request)
+        items: dict[str, list[Item]] = {}
+        for _, expert, outputs in sorted(request.items, key=lambda entry: entry[0]):
+            items.setdefault(expert, []).append(outputs)
         _resolve(request.future, Result(request.id, request.last_outputs, list(request.path),
-                                        dict(request.leaves), latency))
+                                        dict(request.leaves), latency, items))
 
     def _fail_locked(self, task: Task, cause: str) -> None:
         self._fail_request_locked(_payload(task).request, task.expert, cause)
@@ -444,9 +662,23 @@ class Runtime:
         """The request ended: it leaves the in-flight table and gives its room back."""
         if self._requests.pop(request.id, None) is not None:
             self.in_flight.release(request.input_bytes)
+            waiting = self._stream_queue.get(request.stream) if request.stream is not None else None
+            if waiting is None:
+                return
+            if request.waiting:  # ended before its turn (cancelled): it leaves the line
+                request.waiting = False
+                self._stream_queue[request.stream] = deque(r for r in waiting if r is not request)  # type: ignore[index]
+            elif waiting:  # the stream's request in flight ended: the next one may begin
+                following = waiting.popleft()
+                following.waiting = False
+                self._released.append(following)
+            else:
+                del self._stream_queue[request.stream]  # type: ignore[arg-type]
 
     def _count_error_locked(self, cause: str) -> None:
-        key = cause[:80]
+        key = cause if len(cause) <= _MAX_ERROR_KEY_CHARS else cause[:_MAX_ERROR_KEY_CHARS] + "..."
+        if key not in self._errors and len(self._errors) >= _MAX_ERROR_KEYS:
+            key = f"(other causes: more than {_MAX_ERROR_KEYS} distinct)"
         self._errors[key] = self._errors.get(key, 0) + 1
 
     # -- prefetch ------------------------------------------------------------------------------

@@ -14,19 +14,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import onnx
+
 import edgecoe
 from edgecoe.errors import ExportError
 from edgecoe.export.sources import load_source, scratch_dir
-from edgecoe.export.spec import ExportSpec, read_spec
+from edgecoe.export.spec import ExpertSpec, ExportSpec, read_spec
 from edgecoe.export.verify import (
+    check_batching,
     check_model_file,
     compare_with_reference,
     example_inputs,
 )
+from edgecoe.package.feeds import item_shape
 from edgecoe.package.files import record_file
 from edgecoe.package.loader import load_package
-from edgecoe.package.manifest import ExpertRecord, Manifest, RequestInput
-from edgecoe.package.onnxmodel import io_specs, read_model
+from edgecoe.package.manifest import BatchSpec, ExpertRecord, Manifest, RequestInput, TensorSpec
+from edgecoe.package.onnxmodel import io_specs, non_tensor_outputs, read_model
 from edgecoe.package.routing import declared_usage_probabilities
 from edgecoe.package.writer import PackageWriter
 from edgecoe.providers import SessionError, create_session
@@ -87,7 +92,7 @@ def export_package(
         manifest = Manifest(
             name=spec.name, description=spec.description, created_by=f"edgecoe {edgecoe.__version__} export",
             inputs=spec.inputs or _derive_inputs(spec, records), metadata=spec.metadata, entry=spec.entry,
-            experts=records,
+            experts=records, constants=spec.constants,
         )
         probabilities = declared_usage_probabilities(manifest)
         manifest = manifest.model_copy(update={"experts": {
@@ -108,9 +113,17 @@ def _export_one(
     del source.model  # weights can be large; the file on disk is the copy that matters now
     path = writer.root / rel
     check_model_file(path, where)
-    inputs, outputs = io_specs(read_model(path), where=rel)
-    feeds = example_inputs(inputs, expert.dim_defaults)
-    comparison = compare_with_reference(path, source.reference, feeds, tolerance=spec.tolerance, where=where)
+    model = read_model(path)
+    dropped = _dropped_outputs(model, expert, where)
+    inputs, outputs = io_specs(model, where=rel, dropped=dropped)
+    del model
+    batch = _batch_spec(inputs, outputs, expert, where)
+    feeds = example_inputs(inputs, expert.dim_defaults, input_shapes=expert.input_shapes,
+                           value_ranges=expert.value_ranges, samples=_read_samples(expert, base, where),
+                           batch_axes=batch.axes, where=where)
+    kept = [o.name for o in outputs]
+    comparison = compare_with_reference(path, source.reference, feeds, tolerance=spec.tolerance, where=where,
+                                        outputs=kept)
     optimized = None
     optimized_diff = None
     if spec.optimize:
@@ -123,17 +136,72 @@ def _export_one(
             raise ExportError(f"{where}: could not write the ORT-optimized copy: {exc}") from exc
         optimized_diff = compare_with_reference(
             writer.root / opt_rel, source.reference, feeds, tolerance=spec.tolerance,
-            where=f"{where} (optimized copy)", optimization="none",
+            where=f"{where} (optimized copy)", optimization="none", outputs=kept,
         ).max_abs_diff
         optimized = record_file(writer.root, opt_rel)
     record = ExpertRecord(
         architecture=expert.architecture or name, model=model_record, external_data=external,
         optimized=optimized, inputs=inputs, outputs=outputs, route=expert.route, usage_probability=0.0,
-        source=source.origin,
+        source=source.origin, feeds=expert.feeds, prepare=expert.prepare, finish=expert.finish, state=expert.state,
+        batch=batch, dropped_outputs=dropped,
     )
+    check_batching(path, record, feeds, where)
     result = ExpertExport(name=name, origin=source.origin, framework=source.framework, bytes=record.total_bytes,
                           max_abs_diff=comparison.max_abs_diff, optimized_max_abs_diff=optimized_diff, seconds=0.0)
     return record, result
+
+
+def _dropped_outputs(model: onnx.ModelProto, expert: ExpertSpec, where: str) -> list[str]:
+    """Outputs not kept: those outside ``keep_outputs``; a non-tensor output must be among them."""
+    names = [o.name for o in model.graph.output]
+    keep = expert.keep_outputs
+    if keep is not None:
+        unknown = [n for n in keep if n not in names]
+        if unknown:
+            raise ExportError(f"{where}: keep_outputs names {unknown}, which are not outputs of the model ({names})")
+    dropped = [n for n in names if keep is not None and n not in keep]
+    refused = [n for n in non_tensor_outputs(model) if n not in dropped]
+    if refused:
+        raise ExportError(f"{where}: outputs {refused} are sequences or maps, which edgecoe does not serve; "
+                          f"list the outputs to keep in keep_outputs (tensor outputs: "
+                          f"{[n for n in names if n not in non_tensor_outputs(model)]})")
+    if keep is not None and not keep:
+        raise ExportError(f"{where}: keep_outputs is empty; keep at least one output")
+    return dropped
+
+
+def _batch_spec(inputs: list[TensorSpec], outputs: list[TensorSpec], expert: ExpertSpec, where: str) -> BatchSpec:
+    """The spec's batch axes, rank-0 inputs unbatched, and ``max`` from a fixed batch dimension."""
+    axes = dict(expert.batch.axes)
+    tensors = {s.name: s for s in [*inputs, *outputs]}
+    for name, axis in axes.items():
+        if name not in tensors:
+            raise ExportError(f"{where}: batch.axes names {name!r}, which is neither an input nor a kept output "
+                              f"({sorted(tensors)})")
+        if axis is not None and not 0 <= axis < len(tensors[name].shape):
+            raise ExportError(f"{where}: batch.axes.{name} = {axis} is outside {name}'s rank "
+                              f"{len(tensors[name].shape)} {tensors[name].shape_str()}")
+    for spec in inputs:
+        if not spec.shape and spec.name not in axes:
+            axes[spec.name] = None  # a scalar input has no batch axis: shared by the batch
+    fixed = [dim for spec in inputs if (axis := axes.get(spec.name, 0)) is not None and spec.shape
+             and isinstance(dim := spec.shape[axis], int)]
+    limit = expert.batch.max if expert.batch.max is not None else (min(fixed) if fixed else None)
+    return BatchSpec(max=limit, axes=axes)
+
+
+def _read_samples(expert: ExpertSpec, base: Path, where: str) -> dict[str, np.ndarray] | None:
+    """Verification inputs from the spec's .npz or .npy files (pickles refused)."""
+    samples = expert.sample_inputs
+    if samples is None:
+        return None
+    try:
+        if isinstance(samples, str):
+            with np.load(base / samples, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        return {name: np.load(base / file, allow_pickle=False) for name, file in samples.items()}
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{where}: sample_inputs cannot be read: {exc}") from exc
 
 
 def _derive_inputs(spec: ExportSpec, records: dict[str, ExpertRecord]) -> list[RequestInput]:
@@ -141,12 +209,24 @@ def _derive_inputs(spec: ExportSpec, records: dict[str, ExpertRecord]) -> list[R
     firsts = list(dict.fromkeys([*spec.entry.experts.values(), *([spec.entry.default] if spec.entry.default else [])]))
     found: dict[str, RequestInput] = {}
     for name in firsts:
-        for item in records[name].inputs:
-            derived = RequestInput(name=item.name, dtype=item.dtype, shape=item.shape[1:])
-            if item.name in found and found[item.name] != derived:
+        record = records[name]
+        fed = {pair.input for pair in record.state} | {k for k, f in record.feeds.items() if f.request is None}
+        for item in record.inputs:
+            if item.name in fed:
+                continue
+            source = record.feeds.get(item.name)
+            derived = RequestInput(name=source.request if source and source.request else item.name, dtype=item.dtype,
+                                   shape=item_shape(item, record.batch.axis(item.name)))
+            if derived.name in found and found[derived.name] != derived:
                 raise ExportError(
-                    f"preliminary experts disagree on input {item.name!r}: {found[item.name].shape_str()} vs "
+                    f"preliminary experts disagree on input {derived.name!r}: {found[derived.name].shape_str()} vs "
                     f"{derived.shape_str()} ({name}); declare `inputs:` in the spec"
                 )
-            found[item.name] = derived
+            found[derived.name] = derived
+    for record in records.values():  # later experts' explicit request feeds: a route-dependent input
+        for item in record.inputs:
+            source = record.feeds.get(item.name)
+            if source is not None and source.request is not None and source.request not in found:
+                found[source.request] = RequestInput(name=source.request, dtype=item.dtype,
+                                                     shape=item_shape(item, record.batch.axis(item.name)))
     return list(found.values())

@@ -13,11 +13,15 @@ from pydantic import Discriminator, Field, Tag, ValidationError
 
 from edgecoe.errors import Problem, SpecError
 from edgecoe.package.manifest import (
+    Constant,
     EntryRule,
+    Feed,
     MetadataField,
     RequestInput,
     Route,
+    StatePair,
     StopRoute,
+    TransformStep,
 )
 from edgecoe.package.routing import ExpertGraph, route_targets
 from edgecoe.schema import (
@@ -81,13 +85,36 @@ Source = Annotated[
 ]
 
 
+class BatchSpecIn(StrictModel):
+    """How the model meets a batch; ``max`` defaults to a fixed batch dimension's size."""
+
+    max: int | None = Field(default=None, ge=1)
+    axes: dict[TensorName, int | None] = Field(default_factory=dict)
+
+
 class ExpertSpec(StrictModel):
     source: Source
     architecture: SafeName | None = Field(default=None, description="default: the expert's name")
     route: Route = Field(default_factory=StopRoute)
     dim_defaults: dict[str, int] = Field(
-        default_factory=dict, description="sizes for symbolic dims when making verification inputs"
+        default_factory=dict, description="sizes for symbolic dims, by name, when making verification inputs"
     )
+    input_shapes: dict[TensorName, list[int]] = Field(
+        default_factory=dict, description="whole shapes of verification inputs, by input (sizes by position)"
+    )
+    value_ranges: dict[TensorName, tuple[float, float]] = Field(
+        default_factory=dict, description="[low, high] of generated verification values, by input"
+    )
+    sample_inputs: str | dict[TensorName, str] | None = Field(
+        default=None, description="verification inputs from files: one .npz, or input -> .npy"
+    )
+    feeds: dict[TensorName, Feed] = Field(default_factory=dict)
+    prepare: TransformStep | None = None
+    finish: TransformStep | None = None
+    state: list[StatePair] = Field(default_factory=list)
+    batch: BatchSpecIn = Field(default_factory=BatchSpecIn)
+    keep_outputs: list[TensorName] | None = Field(
+        default=None, description="outputs to keep (default: all); the rest are not computed")
 
 
 class ExportSpec(StrictModel):
@@ -99,6 +126,7 @@ class ExportSpec(StrictModel):
     metadata: dict[str, MetadataField] = Field(default_factory=dict)
     entry: EntryRule
     experts: dict[SafeName, ExpertSpec] = Field(min_length=1)
+    constants: dict[SafeName, Constant] = Field(default_factory=dict)
     tolerance: float = Field(default=1e-4, gt=0)
     optimize: bool = Field(default=False, description="also store an ORT-optimized copy of every expert")
 
@@ -152,6 +180,18 @@ def check_spec(spec: ExportSpec, base: Path, where: str) -> list[Problem]:
             problems.append(Problem(f"{where}: experts.{name}.source", f"{found} does not exist"))
         elif found is not None and not is_kind(found):  # a FIFO or device would hang the export
             problems.append(Problem(f"{where}: experts.{name}.source", f"{found} is not {wanted}"))
+        samples = expert_spec.sample_inputs
+        files = [samples] if isinstance(samples, str) else list((samples or {}).values())
+        for file in files:
+            suffix = ".npz" if isinstance(samples, str) else ".npy"
+            if not file.endswith(suffix):
+                problems.append(Problem(f"{where}: experts.{name}.sample_inputs", f"{file!r}: expected a {suffix} file"))
+            elif not (base / file).is_file():
+                problems.append(Problem(f"{where}: experts.{name}.sample_inputs", f"{base / file} is not a file"))
+        for input_name, (low, high) in expert_spec.value_ranges.items():
+            if not low <= high:
+                problems.append(Problem(f"{where}: experts.{name}.value_ranges.{input_name}",
+                                        f"[{low}, {high}]: low must not exceed high"))
     parents: dict[str, list[str]] = {n: [] for n in names}
     for name, targets in children.items():
         for target in targets:

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from edgecoe.errors import OnnxFileError, PackageError, Problem
+from edgecoe.package.feeds import check_feeds
 from edgecoe.package.files import check_record, stray_entries, unsafe_path_reason
 from edgecoe.package.manifest import (
     MANIFEST_NAME,
@@ -144,7 +145,7 @@ def _check_names_and_routes(manifest: Manifest, graph: ExpertGraph) -> list[Prob
             if target not in experts:
                 problems.append(Problem(f"{where}: experts.{name}.route", f"sends to unknown expert {target!r}"))
         output = getattr(route, "output", None)
-        if output is not None and output not in {o.name for o in expert.outputs}:
+        if output is not None and output not in {o.name for o in expert.outputs} and expert.finish is None:
             problems.append(Problem(
                 f"{where}: experts.{name}.route.output",
                 f"{output!r} is not an output of {name} ({[o.name for o in expert.outputs]})",
@@ -152,52 +153,11 @@ def _check_names_and_routes(manifest: Manifest, graph: ExpertGraph) -> list[Prob
     cycle = graph.find_cycle()
     if cycle:
         problems.append(Problem(f"{where}: experts", f"routing graph has a cycle: {' -> '.join(cycle)}"))
-    problems += _check_feeds(manifest, graph)
+    problems += check_feeds(manifest, graph)
     hints = manifest.workload_hints
     if hints is not None and hints.input not in {i.name for i in manifest.inputs}:
         problems.append(Problem(f"{where}: workload_hints.input", f"{hints.input!r} is not a package input"))
     return problems
-
-
-def _check_feeds(manifest: Manifest, graph: ExpertGraph) -> list[Problem]:
-    """Every expert input must come from the request or from each parent's outputs."""
-    where = MANIFEST_NAME
-    problems: list[Problem] = []
-    request = {spec.name: spec for spec in manifest.inputs}
-    for name, expert in manifest.experts.items():
-        parents = [p for p in graph.parents.get(name, []) if p in manifest.experts]
-        for spec in expert.inputs:
-            if spec.name in request:
-                reason = _batch_shape_mismatch(spec, request[spec.name])
-                if reason:
-                    problems.append(Problem(f"{where}: experts.{name}.inputs.{spec.name}", reason))
-                continue
-            if name in graph.preliminary or not parents:
-                problems.append(Problem(
-                    f"{where}: experts.{name}.inputs.{spec.name}",
-                    f"not a package input ({sorted(request)}), so a request cannot provide it",
-                ))
-                continue
-            for parent in parents:
-                if spec.name not in {o.name for o in manifest.experts[parent].outputs}:
-                    problems.append(Problem(
-                        f"{where}: experts.{name}.inputs.{spec.name}",
-                        f"neither a package input nor an output of parent expert {parent!r}",
-                    ))
-    return problems
-
-
-def _batch_shape_mismatch(expert_input: TensorSpec, item: TensorSpec) -> str | None:
-    """Why an expert input [batch, *item] cannot take a request item, or None."""
-    if expert_input.dtype != item.dtype:
-        return f"dtype {expert_input.dtype} differs from package input dtype {item.dtype}"
-    if len(expert_input.shape) != len(item.shape) + 1:
-        return (f"shape {expert_input.shape_str()} must be [batch, *{item.shape_str()}] "
-                f"(package input shape plus a leading batch dimension)")
-    for got, want in zip(expert_input.shape[1:], item.shape, strict=False):
-        if isinstance(got, int) and isinstance(want, int) and got != want:
-            return f"shape {expert_input.shape_str()} does not take items of shape {item.shape_str()}"
-    return None
 
 
 def _check_files(root: Path, manifest: Manifest, verify: Verify) -> tuple[list[Problem], set[str]]:
@@ -245,7 +205,10 @@ def _check_models(root: Path, manifest: Manifest, good: set[str], allow_custom_o
             try:
                 if full:
                     model = read_model(root / record.path)
-                    inputs, outputs = io_specs(model, where=record.path)
+                    inputs, outputs = io_specs(model, where=record.path, dropped=expert.dropped_outputs)
+                    missing = sorted(set(expert.dropped_outputs) - {o.name for o in model.graph.output})
+                    if missing:
+                        problems.append(Problem(where, f"dropped_outputs {missing} are not outputs of the model"))
                     locations, domains = external_locations(model), custom_domains(model)
                 else:
                     scan = scan_model(root / record.path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from edgecoe.schema import SAFE_NAME_PATTERN, SafeName, StrictModel, TensorName
@@ -114,6 +115,121 @@ Route = Annotated[
 ]
 
 
+class Feed(StrictModel):
+    """Where one expert input comes from: exactly one of
+
+    - ``request``: a request input of that name;
+    - ``const``: a package constant (``Manifest.constants``);
+    - ``expert`` + ``output``: an output of an expert earlier on the item's path;
+    - ``prepared``: a value the expert's own ``prepare`` transform made.
+
+    Specs may write the short form ``"request:NAME"``, ``"const:NAME"``,
+    ``"prepared:NAME"`` or ``"EXPERT:OUTPUT"``.
+    """
+
+    request: TensorName | None = None
+    const: SafeName | None = None
+    expert: SafeName | None = None
+    output: TensorName | None = None
+    prepared: TensorName | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        kind, sep, rest = value.partition(":")
+        if not sep or not rest:
+            raise ValueError(f"feed {value!r}: expected request:NAME, const:NAME, prepared:NAME or EXPERT:OUTPUT")
+        if kind in ("request", "const", "prepared"):
+            return {kind: rest}
+        return {"expert": kind, "output": rest}
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Feed:
+        given = [k for k in ("request", "const", "expert", "prepared") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a feed names exactly one of request, const, expert, prepared; got {given or 'none'}")
+        if (self.expert is None) != (self.output is None):
+            raise ValueError("`expert` and `output` go together (an output of an earlier expert)")
+        return self
+
+    def describe(self) -> str:
+        if self.expert is not None:
+            return f"output {self.output!r} of expert {self.expert!r}"
+        if self.request is not None:
+            return f"request input {self.request!r}"
+        if self.const is not None:
+            return f"constant {self.const!r}"
+        return f"prepared value {self.prepared!r}"
+
+
+MAX_CONSTANT_VALUES = 65536
+
+
+class Constant(StrictModel):
+    """A value stored in the manifest (a sample rate, a threshold, an initial state), any rank including 0."""
+
+    dtype: str = Field(pattern=r"^(float16|float32|float64|int8|int16|int32|int64|uint8|uint16|uint32|uint64|bool)$")
+    shape: list[int] = Field(default_factory=list, max_length=8)
+    values: list[float | int | bool] = Field(max_length=MAX_CONSTANT_VALUES, description="row-major, flattened")
+
+    @model_validator(mode="after")
+    def _fits_shape(self) -> Constant:
+        if any(d < 0 for d in self.shape):
+            raise ValueError(f"shape {self.shape} has a negative dimension")
+        size = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        if size != len(self.values):
+            raise ValueError(f"shape {self.shape} holds {size} value(s), `values` has {len(self.values)}")
+        if any(isinstance(v, float) and not np.isfinite(v) for v in self.values):
+            raise ValueError("values must be finite")
+        return self
+
+    def array(self) -> np.ndarray:
+        out = np.asarray(self.values, dtype=np.dtype(self.dtype)).reshape(self.shape)
+        out.setflags(write=False)
+        return out
+
+
+JsonArg = float | int | bool | str | None
+"""One argument of a transform: a plain JSON value (lists of them are allowed too)."""
+
+
+class TransformStep(StrictModel):
+    """A named transform the application provides (packages hold no code), with its arguments."""
+
+    transform: SafeName
+    args: dict[str, JsonArg | list[JsonArg]] = Field(default_factory=dict)
+
+
+class StatePair(StrictModel):
+    """A stateful expert's state: ``output`` of one call is ``input`` of the stream's next call.
+
+    A stream's first call gets ``initial`` (a constant name) or zeros of the input's shape.
+    """
+
+    input: TensorName
+    output: TensorName
+    initial: SafeName | None = None
+
+
+class BatchSpec(StrictModel):
+    """How items of a batch meet the model.
+
+    ``max``: the largest batch the model takes (1 for a model exported with a
+    fixed batch of one; None: as the profile says). ``axes``: input or output
+    name -> its batch axis when not 0, or None when the tensor has no batch
+    axis (an input then is shared by the whole batch: items are grouped by
+    its value; an output is given whole to every item).
+    """
+
+    max: int | None = Field(default=None, ge=1)
+    axes: dict[TensorName, int | None] = Field(default_factory=dict)
+
+    def axis(self, name: str) -> int | None:
+        return self.axes.get(name, 0)
+
+
 class ExpertRecord(StrictModel):
     """One expert: its model files, I/O, architecture and where its outputs go."""
 
@@ -129,6 +245,16 @@ class ExpertRecord(StrictModel):
     usage_probability: float = Field(ge=0.0, le=1.0)
     usage_source: Literal["declared", "measured"] = "declared"
     source: str = Field(default="", description="where the expert came from (informational)")
+    feeds: dict[TensorName, Feed] = Field(
+        default_factory=dict, description="input -> where it comes from; unlisted inputs match by name")
+    prepare: TransformStep | None = Field(
+        default=None, description="runs on each arriving item before the expert; may fan out to N items")
+    finish: TransformStep | None = Field(
+        default=None, description="runs on each item's outputs; what it returns joins the outputs")
+    state: list[StatePair] = Field(default_factory=list)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    dropped_outputs: list[TensorName] = Field(
+        default_factory=list, description="model outputs not computed nor kept (non-tensor ones included)")
 
     def files(self) -> list[FileRecord]:
         """Every file of this expert, model first."""
@@ -207,7 +333,13 @@ class Manifest(StrictModel):
     metadata: dict[str, MetadataField] = Field(default_factory=dict)
     entry: EntryRule
     experts: dict[SafeName, ExpertRecord] = Field(min_length=1)
+    constants: dict[SafeName, Constant] = Field(default_factory=dict)
     workload_hints: WorkloadHints | None = None
+
+    def transforms(self) -> list[str]:
+        """Every transform name the experts use, sorted."""
+        names = {step.transform for e in self.experts.values() for step in (e.prepare, e.finish) if step}
+        return sorted(names)
 
     @field_validator("inputs", mode="before")
     @classmethod

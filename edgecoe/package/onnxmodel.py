@@ -6,7 +6,7 @@ is not ONNX, or is truncated, fails the same way everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import onnx
@@ -56,7 +56,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
         return []
     out: list[Dim] = []
     for dim in tensor.shape.dim:
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
             out.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
             out.append(dim.dim_param)
@@ -77,12 +77,19 @@ def _spec(value_info: onnx.ValueInfoProto, where: str) -> TensorSpec:
     return TensorSpec(name=value_info.name, dtype=dtype, shape=_dims(value_info))
 
 
-def io_specs(model: onnx.ModelProto, *, where: str = "model") -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The model's real inputs (initializers excluded) and outputs."""
+def io_specs(model: onnx.ModelProto, *, where: str = "model",
+             dropped: Collection[str] = ()) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The model's real inputs (initializers excluded) and its outputs except ``dropped`` ones
+    (which may be of any type: a sequence or map output is refused only when kept)."""
     initializers = {init.name for init in model.graph.initializer}
     inputs = [_spec(vi, where) for vi in model.graph.input if vi.name not in initializers]
-    outputs = [_spec(vi, where) for vi in model.graph.output]
+    outputs = [_spec(vi, where) for vi in model.graph.output if vi.name not in dropped]
     return inputs, outputs
+
+
+def non_tensor_outputs(model: onnx.ModelProto) -> list[str]:
+    """Outputs that are not tensors (sequences, maps): edgecoe keeps tensors only."""
+    return [vi.name for vi in model.graph.output if not vi.type.HasField("tensor_type")]
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

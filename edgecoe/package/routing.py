@@ -57,38 +57,48 @@ def entry_expert(rule: EntryRule, metadata: Mapping[str, object]) -> str:
 
 
 def next_experts(route: Route, outputs: Mapping[str, np.ndarray], index: int) -> list[str]:
-    """Experts item ``index`` of a batch goes on to, given the batch's outputs.
+    """Experts item ``index`` of a batch goes on to, given the batch's outputs (leading batch axis).
 
     Returns an empty list when the item stops here.
 
     Raises:
         RoutingError: the rule's output is missing or has no item ``index``.
     """
-    if isinstance(route, StopRoute):
-        return []
-    if isinstance(route, FanoutRoute):
-        return list(route.next)
-    item = _item(route.output, outputs, index)
-    if isinstance(route, ArgmaxRoute):
-        cls = int(np.argmax(item))
-        return list(route.classes.get(cls, route.default))
-    if isinstance(route, ThresholdRoute):
-        reduces: dict[str, Callable[[np.ndarray], Any]] = {"max": np.max, "min": np.min, "mean": np.mean}
-        reduce = reduces[route.reduce]
-        score = float(reduce(item))
-        return list(route.above if score > route.threshold else route.below)
-    raise AssertionError(f"unhandled route {route!r}")
-
-
-def _item(output: str, outputs: Mapping[str, np.ndarray], index: int) -> np.ndarray:
+    output = getattr(route, "output", None)
+    if output is None:
+        return route_item(route, {})
     if output not in outputs:
         raise RoutingError(f"route reads output {output!r}, expert produced {sorted(outputs)}")
     array = outputs[output]
     if array.ndim == 0 or index >= array.shape[0]:
-        raise RoutingError(
-            f"route reads item {index} of output {output!r} with shape {list(array.shape)}"
-        )
-    return np.asarray(array[index]).reshape(-1)
+        raise RoutingError(f"route reads item {index} of output {output!r} with shape {list(array.shape)}")
+    return route_item(route, {output: array[index]})
+
+
+def route_item(route: Route, item: Mapping[str, np.ndarray]) -> list[str]:
+    """Experts one item goes on to, given its outputs (no batch axis); empty when it stops here.
+
+    Raises:
+        RoutingError: the rule's output is missing or not numeric.
+    """
+    if isinstance(route, StopRoute):
+        return []
+    if isinstance(route, FanoutRoute):
+        return list(route.next)
+    if route.output not in item:
+        raise RoutingError(f"route reads output {route.output!r}, expert produced {sorted(item)}")
+    values = np.asarray(item[route.output]).reshape(-1)
+    if values.size == 0 or values.dtype.kind not in "biuf":
+        raise RoutingError(f"route reads output {route.output!r}, which is empty or not numeric "
+                           f"({values.dtype}, {values.size} values)")
+    if isinstance(route, ArgmaxRoute):
+        cls = int(np.argmax(values))
+        return list(route.classes.get(cls, route.default))
+    if isinstance(route, ThresholdRoute):
+        reduces: dict[str, Callable[[np.ndarray], Any]] = {"max": np.max, "min": np.min, "mean": np.mean}
+        score = float(reduces[route.reduce](values))
+        return list(route.above if score > route.threshold else route.below)
+    raise AssertionError(f"unhandled route {route!r}")
 
 
 def edge_fractions(expert: ExpertRecord, num_classes: int | None) -> dict[str, float]:

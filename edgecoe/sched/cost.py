@@ -47,6 +47,7 @@ class CostModel:
         self, *, architecture_of: Mapping[str, str], bytes_of: Mapping[str, int],
         profile: DeviceProfile | None = None, resident: Callable[[str, str], bool] | None = None,
         max_batch_cap: int | None = None, resident_set: Callable[[str], Container[str]] | None = None,
+        expert_max_batch: Mapping[str, int] | None = None,
     ) -> None:
         """
         Args:
@@ -58,6 +59,8 @@ class CostModel:
             resident_set: processor_id -> a snapshot of the experts resident
                 there (one lock instead of one per expert, for schedulers
                 that scan every queued group).
+            expert_max_batch: expert -> the largest batch its model takes (a fixed batch
+                dimension), whatever the profile measured for its architecture.
         """
         self.architecture_of = dict(architecture_of)
         self.bytes_of = dict(bytes_of)
@@ -65,6 +68,7 @@ class CostModel:
         self._resident = resident or (lambda expert, processor: False)
         self._resident_set = resident_set
         self.max_batch_cap = max_batch_cap
+        self.expert_max_batch = dict(expert_max_batch or {})
         self._costs: dict[tuple[str, str], _ArchCost] = {}
         self._lock = threading.Lock()
 
@@ -98,7 +102,7 @@ class CostModel:
         return self._arch(expert, kind).load_ms_per_mb * max(self.bytes_of.get(expert, 0), 1) / 1e6
 
     def max_batch(self, expert: str, kind: str) -> int:
-        limit = self._arch(expert, kind).max_batch
+        limit = min(self._arch(expert, kind).max_batch, self.expert_max_batch.get(expert, 1 << 30))
         return min(limit, self.max_batch_cap) if self.max_batch_cap else limit
 
     def item_bytes(self, expert: str, kind: str) -> int:
