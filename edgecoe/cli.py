@@ -389,12 +389,16 @@ def demo() -> None:
 @_errors_are_one_line
 def demo_build(recipe: str, output: Path | None, force: bool) -> None:
     """Build demo RECIPE (pcb-small, pcb, moe-tiny, moe-large, or a recipe file) into a package."""
+    from edgecoe.apps.published import is_published_recipe
     from edgecoe.demo import find_recipe, load_recipe
     from edgecoe.moe.demo import is_moe_recipe
     from edgecoe.moe.variants import is_variants_recipe
 
     path = find_recipe(recipe)
     console = _console()
+    if is_published_recipe(path):
+        _build_published_demo(console, path, output, force=force)
+        return
     if is_variants_recipe(path):
         _build_variants_demo(console, path, output, force=force)
         return
@@ -409,6 +413,19 @@ def demo_build(recipe: str, output: Path | None, force: bool) -> None:
                       f"{format_bytes(pkg.total_bytes)} of models (--force rebuilds it)")
         return
     built = _build_demo(console, recipe, dest, overwrite=force)
+    pkg = edgecoe.load_package(built, verify="quick")
+    console.print(f"wrote {escape(str(built))}: {len(pkg.experts)} experts, {format_bytes(pkg.total_bytes)} of models")
+
+
+def _build_published_demo(console: Console, recipe: Path, output: Path | None, *, force: bool) -> None:
+    from edgecoe.apps.published import build_published, load_published_recipe
+
+    parsed = load_published_recipe(recipe)
+    dest = output or DEFAULT_MODELS_DIR / parsed.name
+    if (dest / "edgecoe.json").is_file() and not force:
+        console.print(f"{escape(str(dest))} is already built (--force rebuilds it)")
+        return
+    built = build_published(recipe, dest, overwrite=force, progress=lambda what: console.print(f"  {escape(what)}"))
     pkg = edgecoe.load_package(built, verify="quick")
     console.print(f"wrote {escape(str(built))}: {len(pkg.experts)} experts, {format_bytes(pkg.total_bytes)} of models")
 

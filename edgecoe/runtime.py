@@ -168,6 +168,7 @@ class Runtime:
         manifest = package.manifest
         self._sources: dict[str, dict[str, Source]] = {n: expert_sources(manifest, n) for n in manifest.experts}
         self._constants = {n: c.array() for n, c in manifest.constants.items()}
+        self._model_metadata = {n: e.model_metadata for n, e in manifest.experts.items()}
         self._initial_state = {n: self._initial_states(e) for n, e in manifest.experts.items() if e.state}
         self.states = StreamStates(max_streams=self.config.max_streams, max_bytes=self.config.max_state_bytes)
         # stream -> its requests waiting behind the one in flight (a stream's calls run in order)
@@ -345,7 +346,7 @@ class Runtime:
         if record.prepare is not None:
             step = record.prepare
             call = TransformCall(expert=expert, args=step.args, request=request.inputs, metadata=request.metadata,
-                                 lineage=lineage, prepared=prepared)
+                                 lineage=lineage, prepared=prepared, model_metadata=self._model_metadata)
             try:
                 made = run_prepare(self._transforms[step.transform], call, max_items=self.config.max_fanout)
             except TransformError as exc:
@@ -586,7 +587,8 @@ class Runtime:
                 step = record.finish
                 call = TransformCall(expert=expert, args=step.args, request=request.inputs,
                                      metadata=request.metadata, lineage=payload.lineage,
-                                     prepared=payload.prepared, outputs=outputs)
+                                     prepared=payload.prepared, outputs=outputs,
+                                     model_metadata=self._model_metadata)
                 try:
                     outputs = {**outputs, **run_finish(self._transforms[step.transform], call)}
                 except TransformError as exc:

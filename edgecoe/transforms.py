@@ -50,6 +50,7 @@ class TransformCall:
             (and, in ``finish``, the expert itself).
         prepared: expert -> what its ``prepare`` made for this item, along the path.
         outputs: in ``finish``, this expert's outputs for the item; empty in ``prepare``.
+        model_metadata: expert -> its ONNX file's metadata_props (label lists, vocabularies).
     """
 
     expert: str
@@ -59,6 +60,7 @@ class TransformCall:
     lineage: Mapping[str, Mapping[str, np.ndarray]]
     prepared: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
     outputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    model_metadata: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def input(self, name: str) -> np.ndarray:
         """A request input.

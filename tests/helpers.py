@@ -231,12 +231,12 @@ class FaultyLoader(WrappedLoader):
         return self.created
 
 
-def faulty_runtime(package, config, profile=None):  # type: ignore[no-untyped-def]
+def faulty_runtime(package, config, profile=None, transforms=None):  # type: ignore[no-untyped-def]
     """A runtime serving through a :class:`FaultyLoader` (reach it as ``runtime.loader``)."""
     from edgecoe.runtime import Runtime
 
     return Runtime(package, config=config, profile=profile,
-                   loader=FaultyLoader.around(package, config, profile))
+                   loader=FaultyLoader.around(package, config, profile), transforms=transforms)
 
 
 def inject(runtime, **faults):  # type: ignore[no-untyped-def]

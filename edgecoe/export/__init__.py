@@ -116,11 +116,12 @@ def _export_one(
     model = read_model(path)
     dropped = _dropped_outputs(model, expert, where)
     inputs, outputs = io_specs(model, where=rel, dropped=dropped)
+    model_metadata = _model_metadata(model, where)
     del model
     batch = _batch_spec(inputs, outputs, expert, where)
+    samples = {**_constant_samples(spec, expert, inputs, batch), **(_read_samples(expert, base, where) or {})}
     feeds = example_inputs(inputs, expert.dim_defaults, input_shapes=expert.input_shapes,
-                           value_ranges=expert.value_ranges, samples=_read_samples(expert, base, where),
-                           batch_axes=batch.axes, where=where)
+                           value_ranges=expert.value_ranges, samples=samples, batch_axes=batch.axes, where=where)
     kept = [o.name for o in outputs]
     comparison = compare_with_reference(path, source.reference, feeds, tolerance=spec.tolerance, where=where,
                                         outputs=kept)
@@ -143,12 +144,24 @@ def _export_one(
         architecture=expert.architecture or name, model=model_record, external_data=external,
         optimized=optimized, inputs=inputs, outputs=outputs, route=expert.route, usage_probability=0.0,
         source=source.origin, feeds=expert.feeds, prepare=expert.prepare, finish=expert.finish, state=expert.state,
-        batch=batch, dropped_outputs=dropped,
+        batch=batch, dropped_outputs=dropped, model_metadata=model_metadata,
     )
     check_batching(path, record, feeds, where)
     result = ExpertExport(name=name, origin=source.origin, framework=source.framework, bytes=record.total_bytes,
                           max_abs_diff=comparison.max_abs_diff, optimized_max_abs_diff=optimized_diff, seconds=0.0)
     return record, result
+
+
+def _model_metadata(model: onnx.ModelProto, where: str) -> dict[str, str]:
+    """The model's metadata_props, kept for transforms (a recogniser's character list lives there)."""
+    from edgecoe.package.manifest import MAX_MODEL_METADATA_CHARS
+
+    found = {prop.key: prop.value for prop in model.metadata_props}
+    size = sum(len(k) + len(v) for k, v in found.items())
+    if size > MAX_MODEL_METADATA_CHARS:
+        raise ExportError(f"{where}: the model's metadata_props hold {size} characters, more than "
+                          f"{MAX_MODEL_METADATA_CHARS}; strip them from the file before exporting")
+    return found
 
 
 def _dropped_outputs(model: onnx.ModelProto, expert: ExpertSpec, where: str) -> list[str]:
@@ -188,6 +201,21 @@ def _batch_spec(inputs: list[TensorSpec], outputs: list[TensorSpec], expert: Exp
              and isinstance(dim := spec.shape[axis], int)]
     limit = expert.batch.max if expert.batch.max is not None else (min(fixed) if fixed else None)
     return BatchSpec(max=limit, axes=axes)
+
+
+def _constant_samples(spec: ExportSpec, expert: ExpertSpec, inputs: list[TensorSpec],
+                      batch: BatchSpec) -> dict[str, np.ndarray]:
+    """Inputs fed by a constant are verified with it (a sample rate of 16000, not a random 7):
+    as is when unbatched, else one copy per item of a verification batch of two."""
+    out = {}
+    names = {s.name for s in inputs}
+    for name, feed in expert.feeds.items():
+        if feed.const is None or feed.const not in spec.constants or name not in names:
+            continue
+        value = spec.constants[feed.const].array()
+        axis = batch.axis(name)
+        out[name] = value if axis is None else np.stack([value, value], axis=axis)
+    return out
 
 
 def _read_samples(expert: ExpertSpec, base: Path, where: str) -> dict[str, np.ndarray] | None:

@@ -84,8 +84,11 @@ def item_shape(spec: TensorSpec, axis: int | None) -> list[Dim]:
 
 
 def entry_request_inputs(manifest: Manifest, name: str) -> list[str]:
-    """Request inputs expert ``name`` reads directly (those a request routed to it first must carry)."""
-    return [s.name for s in expert_sources(manifest, name).values() if s.kind == "request"]
+    """Request inputs expert ``name`` and its prepare transform read (those a request routed to it
+    first must carry)."""
+    direct = [s.name for s in expert_sources(manifest, name).values() if s.kind == "request"]
+    prepare = manifest.experts[name].prepare
+    return list(dict.fromkeys([*direct, *(prepare.reads if prepare is not None else [])]))
 
 
 def resolve(sources: Mapping[str, Source], *, expert: str, request: Mapping[str, np.ndarray],
@@ -212,6 +215,11 @@ def _check_expert_io(manifest: Manifest, name: str, expert: ExpertRecord, where:
     problems: list[Problem] = []
     inputs = {s.name: s for s in expert.inputs}
     outputs = {s.name: s for s in expert.outputs}
+    request = {spec.name for spec in manifest.inputs}
+    for kind, step in (("prepare", expert.prepare), ("finish", expert.finish)):
+        for read in step.reads if step is not None else []:
+            if read not in request:
+                problems.append(Problem(f"{where}.{kind}.reads", f"{read!r} is not a package input ({sorted(request)})"))
     for input_name in expert.feeds:
         if input_name not in inputs:
             problems.append(Problem(f"{where}.feeds.{input_name}", f"not an input of the model ({sorted(inputs)})"))

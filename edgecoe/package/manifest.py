@@ -165,28 +165,40 @@ class Feed(StrictModel):
 
 
 MAX_CONSTANT_VALUES = 65536
+MAX_MODEL_METADATA_CHARS = 4 * 1024 * 1024
 
 
 class Constant(StrictModel):
-    """A value stored in the manifest (a sample rate, a threshold, an initial state), any rank including 0."""
+    """A value stored in the manifest (a sample rate, a threshold, an initial state), any rank including 0:
+    its ``values`` (row-major, flattened) or one ``fill`` value for every element."""
 
     dtype: str = Field(pattern=r"^(float16|float32|float64|int8|int16|int32|int64|uint8|uint16|uint32|uint64|bool)$")
     shape: list[int] = Field(default_factory=list, max_length=8)
-    values: list[float | int | bool] = Field(max_length=MAX_CONSTANT_VALUES, description="row-major, flattened")
+    values: list[float | int | bool] | None = Field(default=None, max_length=MAX_CONSTANT_VALUES)
+    fill: float | int | bool | None = None
 
     @model_validator(mode="after")
     def _fits_shape(self) -> Constant:
         if any(d < 0 for d in self.shape):
             raise ValueError(f"shape {self.shape} has a negative dimension")
         size = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-        if size != len(self.values):
+        if (self.values is None) == (self.fill is None):
+            raise ValueError("give exactly one of `values` and `fill`")
+        if self.fill is not None and size > 64 * MAX_CONSTANT_VALUES:
+            raise ValueError(f"shape {self.shape} holds {size} values, more than {64 * MAX_CONSTANT_VALUES}")
+        if self.values is not None and size != len(self.values):
             raise ValueError(f"shape {self.shape} holds {size} value(s), `values` has {len(self.values)}")
-        if any(isinstance(v, float) and not np.isfinite(v) for v in self.values):
+        given = self.values if self.values is not None else [self.fill]
+        if any(isinstance(v, float) and not np.isfinite(v) for v in given):
             raise ValueError("values must be finite")
         return self
 
     def array(self) -> np.ndarray:
-        out = np.asarray(self.values, dtype=np.dtype(self.dtype)).reshape(self.shape)
+        dtype = np.dtype(self.dtype)
+        if self.fill is not None:
+            out = np.full(self.shape, self.fill, dtype=dtype)
+        else:
+            out = np.asarray(self.values, dtype=dtype).reshape(self.shape)
         out.setflags(write=False)
         return out
 
@@ -200,6 +212,8 @@ class TransformStep(StrictModel):
 
     transform: SafeName
     args: dict[str, JsonArg | list[JsonArg]] = Field(default_factory=dict)
+    reads: list[TensorName] = Field(
+        default_factory=list, description="request inputs the transform reads: checked at submit like model inputs")
 
 
 class StatePair(StrictModel):
@@ -255,6 +269,17 @@ class ExpertRecord(StrictModel):
     batch: BatchSpec = Field(default_factory=BatchSpec)
     dropped_outputs: list[TensorName] = Field(
         default_factory=list, description="model outputs not computed nor kept (non-tensor ones included)")
+    model_metadata: dict[str, str] = Field(
+        default_factory=dict, description="the ONNX file's metadata_props (a label list, a vocabulary), "
+                                          "for transforms to read")
+
+    @field_validator("model_metadata")
+    @classmethod
+    def _metadata_is_bounded(cls, value: dict[str, str]) -> dict[str, str]:
+        size = sum(len(k) + len(v) for k, v in value.items())
+        if size > MAX_MODEL_METADATA_CHARS:
+            raise ValueError(f"holds {size} characters, more than {MAX_MODEL_METADATA_CHARS}")
+        return value
 
     def files(self) -> list[FileRecord]:
         """Every file of this expert, model first."""

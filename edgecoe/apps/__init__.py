@@ -1,0 +1,1 @@
+"""Ready-made transforms for published model families (application glue; packages hold no code)."""
