@@ -116,10 +116,13 @@ def check_trace(workload: Workload, manifest: Manifest, *, limit: int = 20) -> l
     materialised inputs. Returns up to ``limit`` problems, each naming its request.
     """
     admission = Admission(manifest)
+    stateful = {name for name, expert in manifest.experts.items() if expert.state}
     problems: list[str] = []
     for request in workload.requests:
         try:
-            admission.admit(materialize(request, manifest.inputs, workload.base_dir), request.metadata)
+            _, first = admission.admit(materialize(request, manifest.inputs, workload.base_dir), request.metadata)
+            if first in stateful and request.stream is None:
+                raise InvalidInputError(f"expert {first!r} is stateful: the request needs a `stream`")
         except (InvalidInputError, WorkloadError) as exc:
             text = str(exc)
             problems.append(text if text.startswith(f"request {request.id}") else f"request {request.id}: {text}")

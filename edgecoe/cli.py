@@ -113,6 +113,21 @@ def _progress(console: Console, *, rate: bool = False) -> Progress:
 
 
 # -- output options: checked before any work --------------------------------------------
+def _transforms_option(func: F) -> F:
+    return click.option(
+        "--transforms", "transforms_source", default=None, metavar="MODULE|FILE.py",
+        help="The transforms the package names: a module (edgecoe.apps.ocr) or a Python file whose TRANSFORMS "
+             "dict maps names to functions. This runs that code: name only code you trust.")(func)
+
+
+def _load_transforms(source: str | None) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    from edgecoe.transforms import load_transforms
+
+    return load_transforms(source)
+
+
 def _check_json_path(path: Path | None, option: str = "--json") -> None:
     """A ``--json`` path must be ``-`` or a file in an existing directory."""
     if path is None or str(path) == "-":
@@ -735,15 +750,25 @@ def workload() -> None:
 @click.option("--go-on", type=float, default=None,
               help="Share of requests the first expert passes on (default: the package's hint).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the trace.")
+@click.option("--samples", "samples_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Real inputs: DIR/VALUE/*.npz, one sample request each (arrays named by package input), per "
+                   "value of the entry key; the trace must be written inside a directory holding DIR.")
+@click.option("--streams", type=click.IntRange(1, 100_000), default=4, show_default=True,
+              help="With --samples: streams the requests to a stateful expert are spread over.")
 @_errors_are_one_line
 def workload_generate(package: Path, output: Path, num_requests: int, dist: str, rate_rps: float | None,
-                      arrival: str, go_on: float | None, seed: int) -> None:
+                      arrival: str, go_on: float | None, seed: int, samples_dir: Path | None, streams: int) -> None:
     """Generate a trace of requests for PACKAGE."""
-    from edgecoe.workload import generate_workload
+    from edgecoe.workload import generate_from_samples, generate_workload
 
     pkg = edgecoe.load_package(package, verify="quick")
-    trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=dist, rate_rps=rate_rps,
-                              arrival=arrival, go_on=go_on, seed=seed)  # type: ignore[arg-type]
+    if samples_dir is not None:
+        trace = generate_from_samples(pkg.manifest, samples_dir, num_requests=num_requests, dist=dist,
+                                      rate_rps=rate_rps, arrival=arrival, seed=seed, streams=streams,  # type: ignore[arg-type]
+                                      relative_to=output.resolve().parent)
+    else:
+        trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=dist, rate_rps=rate_rps,
+                                  arrival=arrival, go_on=go_on, seed=seed)  # type: ignore[arg-type]
     trace.write(output)
     span = trace.requests[-1].arrival_ms / 1000.0
     click.echo(f"wrote {output}: {len(trace)} requests over {span:.1f} s ({dist}, seed {seed})")
@@ -877,6 +902,10 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
                    "from --checkpoint first if the file does not exist.")
 @click.option("--concurrent-chunks", default=None, metavar="N1,N2,...",
               help="MoE: also run all prompts at once through the continuous batcher, once per prefill chunk size.")
+@click.option("--workload", "workload_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Replay this JSONL trace (e.g. from `edgecoe workload generate --samples`) instead of "
+                   "generating one; --requests, --dist, --rate, --arrival and --seeds then do not apply.")
+@_transforms_option
 @_errors_are_one_line
 def bench(package: Path | None, policies: str | None, ablation: bool, budget: str | None, num_requests: int, dist: str,
           rate_rps: float, arrival: str, seed: int, seeds: str | None, repeat: int, simulate: bool,
@@ -884,7 +913,7 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
           device_memory: str | None,
           json_path: Path | None, plots_dir: Path | None, trace_path: Path | None, prompts_path: Path | None,
           num_prompts: int, new_tokens: int, modes: str, checkpoint: Path | None, gguf: Path | None,
-          concurrent_chunks: str | None) -> None:
+          concurrent_chunks: str | None, workload_path: Path | None, transforms_source: str | None) -> None:
     """Compare policies side by side on one trace of PACKAGE (default: the demo), as ratios.
 
     On an MoE package: expert schedules and peer runtimes generating from the same held-out prompts.
@@ -915,9 +944,13 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
     from edgecoe.bench.report import render_repeated, render_table, sweep_points, write_plots
     from edgecoe.profiler.select import best_profile, resolve_profile
     from edgecoe.timeline import Timeline, write_trace
-    from edgecoe.workload import generate_workload
+    from edgecoe.workload import generate_workload, read_workload
 
     entries = list(ABLATION) if ablation else (policies.split(",") if policies else list(DEFAULT_BENCH_ENTRIES))
+    transforms = _load_transforms(transforms_source)
+    replayed = read_workload(workload_path) if workload_path is not None else None
+    if replayed is not None and (seeds or (sweep and not sweep.startswith(("budget=", "executors=")))):
+        raise click.UsageError("--workload replays one trace: --seeds and dist/rate sweeps need generated traces")
     for entry in entries:
         entry_config(entry, 1, 1)  # an unknown name fails here, before any work
     points = sweep_points(sweep)
@@ -952,20 +985,22 @@ def bench(package: Path | None, policies: str | None, ablation: bool, budget: st
         point_budget = point.budget or budget
         repeated = RepeatedBench()
         for run_seed in seed_list:
-            trace = generate_workload(pkg.manifest, num_requests=num_requests, dist=point_dist, rate_rps=point_rate,
-                                      arrival=arrival, seed=run_seed)  # type: ignore[arg-type]
+            trace = replayed or generate_workload(pkg.manifest, num_requests=num_requests, dist=point_dist,
+                                                  rate_rps=point_rate, arrival=arrival, seed=run_seed)  # type: ignore[arg-type]
             for run in range(repeat):
                 where = f"simulated with {profile.name}" if simulate and profile else "real sessions"
                 which = f"; seed {run_seed}, run {run + 1}/{repeat}" if len(seed_list) > 1 or repeat > 1 else ""
+                shape = (f"trace {escape(str(workload_path))}" if replayed is not None
+                         else f"{point_dist}, {point_rate:g} req/s ({arrival})")
                 console.print(f"[bold]{escape(pkg.name)}[/bold]{' ' + point.label if point.label else ''}: "
-                              f"{len(trace)} requests, {point_dist}, {point_rate:g} req/s ({arrival}); "
+                              f"{len(trace)} requests, {shape}; "
                               f"budget {point_budget or 'per processor from the profile'}; {escape(where)}{which}")
                 last = index == len(points) - 1 and run_seed == seed_list[-1] and run == repeat - 1
                 with _bench_progress(console, entries, len(trace), simulate) as (on_warm, on_progress, on_report):
                     result = run_bench(pkg, trace, entries=entries, budget=point_budget, profile=profile,
                                        simulate=simulate, seed=run_seed, num_executors=point.num_executors,
                                        timelines=timelines if trace_path and last else None, device_memory=limit,
-                                       slo_ms=slo_ms,
+                                       slo_ms=slo_ms, transforms=transforms,
                                        on_warm=on_warm, on_progress=on_progress, on_report=on_report)
                 render_table(console, result)
                 repeated.runs.append((run_seed, run, result))
@@ -1197,8 +1232,9 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
 @click.option("--profile", "profile_name", default=None,
               help="Device profile: a JSON file or a name in device_profiles/ (default: the best match "
                    "for this machine and package, else built-in defaults).")
-@click.option("--policy", type=click.Choice(list(PRESETS)), default="edgecoe", show_default=True,
-              help="Scheduling and eviction preset.")
+@click.option("--policy", type=click.Choice([*PRESETS, "all-resident"]), default="edgecoe", show_default=True,
+              help="Scheduling and eviction preset; all-resident: every expert preloaded and kept (needs "
+                   "the memory for all of them; the bound the others are measured against).")
 @click.option("--budget", default=None,
               help="Memory for resident experts per processor: bytes, 800MB, 2GiB, or 25% of all experts' "
                    "resident footprint (default: the profile's budgets).")
@@ -1225,11 +1261,13 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
 @click.option("--verify", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
               help="Package checks before serving: quick (paths, sizes, ONNX wire format) or full (also "
                    "every checksum and every model parsed).")
+@_transforms_option
 @_errors_are_one_line
 def run(package: Path | None, profile_name: str | None, policy: str, budget: str | None,
         num_executors: int | None, workload_path: Path | None, num_requests: int, dist: str,
         rate_rps: float | None, seed: int, max_delay_ms: float, allow_cpu_fallback: bool,
-        json_path: Path | None, simulate: bool, device_memory: str | None, verify: str) -> None:
+        json_path: Path | None, simulate: bool, device_memory: str | None, verify: str,
+        transforms_source: str | None) -> None:
     """Serve a workload on PACKAGE (default: the bundled pcb-small demo) and report."""
     from edgecoe.config import RuntimeConfig
     from edgecoe.profiler.select import best_profile, resolve_profile
@@ -1241,9 +1279,15 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
     if limit is not None and simulate:
         raise click.BadParameter("limits real serving; a simulation reads no storage", param_hint="--device-memory")
     console = _console(to_stderr=json_path is not None and str(json_path) == "-")
-    config = RuntimeConfig(policy=policy, budget=budget, num_executors=num_executors, max_delay_ms=max_delay_ms,
+    all_resident = policy == "all-resident"
+    if all_resident and budget is not None:
+        raise click.BadParameter("all-resident holds every expert: it takes no --budget", param_hint="--budget")
+    config = RuntimeConfig(policy="edgecoe" if all_resident else policy, budget="100%" if all_resident else budget,
+                           num_executors=num_executors, max_delay_ms=max_delay_ms,
+                           preload=True if all_resident else None,
                            allow_cpu_fallback=allow_cpu_fallback, verify=verify)  # type: ignore[arg-type]
     config.validate()
+    transforms = _load_transforms(transforms_source)
     pkg = edgecoe.load_package(package or _demo_package(console), verify=config.verify)
     profile = None
     profile_note = "built-in defaults (no profile in device_profiles/ matches this machine and package)"
@@ -1277,7 +1321,7 @@ def run(package: Path | None, profile_name: str | None, policy: str, budget: str
                 console.print(f"device memory: {format_bytes(device.limit_bytes)} ({device.mechanism})"
                               f"{'; ' + escape(device.note) if device.note else ''}")
             with console.status("starting: measuring footprints, preloading experts"):
-                runtime = Runtime(pkg, config=config, profile=profile, loader=loader)
+                runtime = Runtime(pkg, config=config, profile=profile, loader=loader, transforms=transforms)
             report = _serve(console, runtime, trace, pkg, policy, profile_note, budget_note)
             if limit is not None:
                 report.device_memory = device.describe()

@@ -9,10 +9,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from edgecoe.package.feeds import expert_sources
 from edgecoe.package.loader import Package
 from edgecoe.package.manifest import (
     ArgmaxRoute,
+    ExpertRecord,
     FanoutRoute,
+    Manifest,
     Route,
     StopRoute,
     ThresholdRoute,
@@ -64,10 +67,40 @@ def package_summary(pkg: Package) -> dict[str, object]:
                 "dependencies": pkg.graph.parents.get(name, []),
                 "route": describe_route(e.route),
                 "optimized_copy": e.optimized is not None,
+                "reads": describe_reads(m, name),
+                "glue": describe_glue(e),
             }
             for name, e in m.experts.items()
         },
+        "transforms": m.transforms(),
+        "constants": {n: {"dtype": c.dtype, "shape": c.shape} for n, c in m.constants.items()},
     }
+
+
+def describe_reads(manifest: Manifest, name: str) -> str:
+    """Where the expert's inputs come from, where not simply by name: ``x <- prepared:x, sr <- const:sr16k``."""
+    parts = []
+    for input_name, source in expert_sources(manifest, name).items():
+        shown = {"request": f"request:{source.name}", "const": f"const:{source.name}",
+                 "expert": f"{source.expert}:{source.name}", "parent": f"parent:{source.name}",
+                 "prepared": f"prepared:{source.name}", "state": "stream state"}[source.kind]
+        if shown not in (f"request:{input_name}", f"parent:{input_name}"):
+            parts.append(f"{input_name} <- {shown}")
+    return ", ".join(parts)
+
+
+def describe_glue(expert: ExpertRecord) -> str:
+    """Transforms around the expert, and batch facts that differ from the defaults."""
+    parts = []
+    if expert.prepare is not None:
+        parts.append(f"prepare {expert.prepare.transform}")
+    if expert.finish is not None:
+        parts.append(f"finish {expert.finish.transform}")
+    if expert.state:
+        parts.append("stateful")
+    if expert.batch.max is not None:
+        parts.append(f"batch <= {expert.batch.max}")
+    return ", ".join(parts)
 
 
 def _shown(text: object) -> str:
@@ -96,16 +129,20 @@ def render_summary(pkg: Package, console: Console) -> None:
         arch.add_row(_shown(name), str(len(sizes)), f"{sum(sizes) / len(sizes) / 1e6:.1f}", f"{sum(sizes) / 1e6:.1f}")
     console.print(arch)
 
+    glue = any(describe_glue(e) or describe_reads(m, n) for n, e in m.experts.items())
     table = Table(title="Experts (most likely first)")
-    for col in ("expert", "arch", "MB", "usage p", "kind", "routes to"):
+    for col in ("expert", "arch", "MB", "usage p", "kind", "routes to", *(("reads", "glue") if glue else ())):
         table.add_column(col, justify="right" if col in ("MB", "usage p") else "left")
     ordered = sorted(m.experts.items(), key=lambda kv: (-kv[1].usage_probability, kv[0]))
     for name, e in ordered:
         kind = "preliminary" if name in graph.preliminary else "subsequent"
         p = f"{e.usage_probability:.4f}" + ("*" if e.usage_source == "measured" else "")
+        extra = (_shown(describe_reads(m, name)), _shown(describe_glue(e))) if glue else ()
         table.add_row(_shown(name), _shown(e.architecture), f"{e.total_bytes / 1e6:.1f}", p, kind,
-                      _shown(describe_route(e.route)))
+                      _shown(describe_route(e.route)), *extra)
     console.print(table)
+    if m.transforms():
+        console.print(f"transforms the application provides: {_shown(', '.join(m.transforms()))}")
 
     tree = Tree("Dependency graph (subsequent expert <- the experts that feed it)")
     subsequent = [n for n in m.experts if graph.parents.get(n)]

@@ -24,7 +24,9 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 # ONNX Runtime's line: "2026-11-25 01:23:45.678 [W:onnxruntime:, session_state.cc:1168 Foo] message"
 _ORT_LINE = re.compile(r"\[(?P<sev>[VIWEF]):onnxruntime:[^\]]*\]\s*(?P<message>.*)")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# ONNX Runtime colours a line on a terminal: one sequence before it, one reset after it. Only those go;
+# an escape inside the message stays, to be shown escaped.
+_ORT_COLOUR = re.compile(r"^\x1b\[[0-9;]*m|\x1b\[0?m\s*$")
 _ORT_LEVEL = {"V": logging.DEBUG, "I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 # Python logging level -> ORT's severity (0 verbose, 1 info, 2 warning, 3 error, 4 fatal)
 _ORT_SEVERITY = {logging.DEBUG: 0, logging.INFO: 1, logging.WARNING: 2, logging.ERROR: 3}
@@ -69,7 +71,7 @@ def configure(level: str | int, *, stream: IO[str] | None = None) -> int:
 
 def parse_onnxruntime_line(line: str) -> tuple[int, str]:
     """(logging level, message) of one line ONNX Runtime wrote; other lines are warnings as they are."""
-    line = _ANSI.sub("", line)  # ONNX Runtime colours its lines on a terminal
+    line = _ORT_COLOUR.sub("", line)
     match = _ORT_LINE.search(line)
     if match is None:
         return logging.WARNING, line.rstrip()

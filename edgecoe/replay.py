@@ -34,7 +34,8 @@ class Serving(Protocol):
     def now_ms(self) -> float: ...
 
     def submit(self, inputs: Mapping[str, np.ndarray], metadata: Mapping[str, object] | None = None, *,
-               request_id: str | None = None, wait_s: float | None = 0.0) -> Future[Result]: ...
+               request_id: str | None = None, wait_s: float | None = 0.0, stream: str | None = None,
+               stream_start: bool = False) -> Future[Result]: ...
 
     def record_failure(self, cause: str) -> None: ...
 
@@ -75,7 +76,8 @@ def replay(runtime: Serving, workload: Workload, *, progress: Callable[[int, int
             time.sleep(delay_s)
         inputs = materialize(request, manifest.inputs, workload.base_dir)
         try:
-            future = runtime.submit(inputs, request.metadata, request_id=request.id, wait_s=None)
+            future = runtime.submit(inputs, request.metadata, request_id=request.id, wait_s=None,
+                                    stream=request.stream, stream_start=request.stream_start)
         except InvalidInputError as exc:  # validated above; a request id still in flight is the one way here
             future = Future()
             future.set_exception(RequestError(request.id, None, str(exc)))

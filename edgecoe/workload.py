@@ -11,11 +11,15 @@ Trace format (one JSON object per line, UTF-8)::
 
 - ``id``: unique string; ``arrival_ms``: offset from the start of the run (>= 0).
 - ``metadata``: request metadata; the package's entry rule reads one key of it.
-- ``inputs``: per package input, either ``{"file": PATH}`` — a ``.npy`` file
-  (relative paths are relative to the trace file; never unpickled) holding one
-  item (no batch dimension) — or ``{"seeded": {...}}``, standard-normal noise of
-  the package input's shape from ``seed``, scaled by ``std`` (1), shifted by
-  ``mean`` (0), and channel ``channel`` (axis 0) further by ``channel_offset``.
+- ``inputs``: per package input the request carries (what its route reads),
+  either ``{"file": PATH}`` — a ``.npy`` file, or a ``.npz`` file with ``key``
+  naming the array (relative paths are relative to the trace file; never
+  unpickled) holding one item (no batch dimension) — or ``{"seeded": {...}}``,
+  standard-normal noise of the package input's shape from ``seed``, scaled by
+  ``std`` (1), shifted by ``mean`` (0), and channel ``channel`` (axis 0)
+  further by ``channel_offset``.
+- ``stream``, ``stream_start``: for stateful packages, the stream the request
+  continues and whether it starts it.
 """
 
 from __future__ import annotations
@@ -50,12 +54,15 @@ class InputSource(StrictModel):
     """Where one input tensor of a request comes from: a ``.npy`` file or a seeded recipe."""
 
     file: str | None = None
+    key: str | None = Field(default=None, description="the array's name in a .npz file")
     seeded: SeededInput | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> InputSource:
         if (self.file is None) == (self.seeded is None):
             raise ValueError("give exactly one of `file` or `seeded`")
+        if self.file is not None and self.file.endswith(".npz") != (self.key is not None):
+            raise ValueError("a .npz file needs `key` (the array's name); `key` is for .npz files only")
         return self
 
 
@@ -66,6 +73,8 @@ class TraceRequest(StrictModel):
     arrival_ms: float = Field(ge=0.0)
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
     inputs: dict[str, InputSource]
+    stream: str | None = Field(default=None, min_length=1, max_length=256)
+    stream_start: bool = False
 
 
 class TraceHeader(StrictModel):
@@ -274,14 +283,25 @@ def materialize(request: TraceRequest, specs: Iterable[TensorSpec], base_dir: Pa
             input's package shape is not fully static.
     """
     out: dict[str, np.ndarray] = {}
+    known = {spec.name for spec in specs}
+    unknown = sorted(set(request.inputs) - known)
+    if unknown:
+        raise WorkloadError(f"request {request.id}: inputs {unknown} are not package inputs ({sorted(known)})")
     for spec in specs:
         source = request.inputs.get(spec.name)
         if source is None:
-            raise WorkloadError(f"request {request.id}: no source for package input {spec.name!r}")
+            continue  # a request carries what its route reads; admission names what is missing
         if source.file is not None:
             path = _input_file(request.id, spec.name, base_dir, source.file)
             try:
-                out[spec.name] = np.load(path, allow_pickle=False)
+                if source.key is not None:
+                    with np.load(path, allow_pickle=False) as archive:
+                        if source.key not in archive.files:
+                            raise WorkloadError(f"request {request.id}: input {spec.name!r}: {source.file} has no "
+                                                f"array {source.key!r} (it has {archive.files})")
+                        out[spec.name] = archive[source.key]
+                else:
+                    out[spec.name] = np.load(path, allow_pickle=False)
             except (OSError, ValueError, EOFError) as exc:
                 raise WorkloadError(f"request {request.id}: cannot load input {spec.name!r} from {path}: {exc}") from exc
             continue
@@ -300,3 +320,76 @@ def materialize(request: TraceRequest, specs: Iterable[TensorSpec], base_dir: Pa
             array[seeded.channel] += seeded.channel_offset
         out[spec.name] = array.astype(spec.dtype)
     return out
+
+
+def generate_from_samples(
+    manifest: Manifest, samples_dir: Path, *, num_requests: int, dist: str = "zipf:1.1",
+    rate_rps: float | None = None, arrival: Literal["poisson", "uniform"] = "poisson", seed: int = 0,
+    streams: int = 4, relative_to: Path | None = None,
+) -> Workload:
+    """A trace whose requests carry real inputs: ``samples_dir/VALUE/*.npz`` holds sample requests for each
+    value of the entry key (one ``.npz`` per request, its arrays named by package input), so each request
+    takes the route real data takes. Requests to a stateful first expert are spread over ``streams``
+    streams, each started by its first request.
+
+    Args:
+        relative_to: the directory the trace will be read from (file paths are written relative
+            to it and must lie inside it; default: ``samples_dir``).
+
+    Raises:
+        WorkloadError: no samples for a value that is drawn, or samples outside ``relative_to``.
+    """
+    if num_requests <= 0:
+        raise WorkloadError(f"--requests must be > 0, got {num_requests}")
+    if rate_rps is not None and not rate_rps > 0:
+        raise WorkloadError(f"--rate must be > 0 requests/s, got {rate_rps}")
+    base = (relative_to or samples_dir).resolve()
+    values = ranked_values(manifest)
+    found = {v: sorted((samples_dir / v).glob("*.npz")) for v in values if (samples_dir / v).is_dir()}
+    usable = [v for v in values if found.get(v)]
+    if not usable:
+        raise WorkloadError(f"{samples_dir} holds no samples: expected {samples_dir}/VALUE/*.npz for values of "
+                            f"{manifest.entry.key!r} ({', '.join(values[:8])})")
+    for files in found.values():
+        for file in files:
+            if not file.resolve().is_relative_to(base):
+                raise WorkloadError(f"sample {file} is outside {base}, where the trace is read from; write the "
+                                    "trace into a directory that holds the samples")
+    shares = distribution_shares(dist, usable)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(usable), size=num_requests, p=np.array([shares[v] for v in usable]))
+    arrivals: np.ndarray
+    if rate_rps is None:
+        arrivals = np.zeros(num_requests)
+    elif arrival == "poisson":
+        arrivals = np.cumsum(rng.exponential(1000.0 / rate_rps, size=num_requests))
+        arrivals -= arrivals[0]
+    else:
+        arrivals = np.arange(num_requests) * (1000.0 / rate_rps)
+    stateful = {name for name, expert in manifest.experts.items() if expert.state}
+    from edgecoe.package.routing import entry_expert
+
+    started: set[str] = set()
+    counters: dict[str, int] = {}
+    requests = []
+    for i in range(num_requests):
+        value = usable[int(picks[i])]
+        files = found[value]
+        file = files[counters.get(value, 0) % len(files)]
+        counters[value] = counters.get(value, 0) + 1
+        with np.load(file, allow_pickle=False) as archive:
+            keys = list(archive.files)
+        rel = file.resolve().relative_to(base).as_posix()
+        stream = None
+        if entry_expert(manifest.entry, {manifest.entry.key: value}) in stateful:
+            stream = f"{value}-{counters[value] % streams}"
+        requests.append(TraceRequest(
+            id=f"r{i:06d}", arrival_ms=round(float(arrivals[i]), 3), metadata={manifest.entry.key: value},
+            inputs={k: InputSource(file=rel, key=k) for k in keys}, stream=stream,
+            stream_start=stream is not None and stream not in started))
+        if stream is not None:
+            started.add(stream)
+    header = TraceHeader(edgecoe_trace=TRACE_VERSION, package=manifest.name, generator={
+        "requests": num_requests, "dist": dist, "rate_rps": rate_rps, "arrival": arrival, "seed": seed,
+        "samples": samples_dir.name, "streams": streams})
+    return Workload(requests, base_dir=base, header=header)

@@ -406,3 +406,75 @@ def test_error_causes_are_reported_whole(tmp_path):
             rt.submit({"page": np.zeros(8, np.float32)}, {"k": "doc"}).result(timeout=60)
         report = rt.report(1, [], 1.0)
     assert any(long in cause for cause in report.errors)
+
+
+# -- traces of real inputs, the command line ----------------------------------------------------------
+
+def test_a_trace_from_samples_carries_what_each_route_reads_and_streams_stateful_requests(tmp_path):
+    from edgecoe.workload import generate_from_samples, read_workload
+
+    pkg = two_branch_package(tmp_path)
+    samples = tmp_path / "samples"
+    (samples / "audio").mkdir(parents=True)
+    (samples / "image").mkdir()
+    np.savez(samples / "audio" / "a.npz", audio=np.ones(4, np.float32))
+    np.savez(samples / "image" / "b.npz", image=np.ones(6, np.float32), extra=np.ones(5, np.float32))
+    manifest = load_package(pkg).manifest
+    trace = generate_from_samples(manifest, samples, num_requests=30, dist="uniform", seed=1,
+                                  relative_to=tmp_path)
+    trace.write(tmp_path / "trace.jsonl")
+    replayed = read_workload(tmp_path / "trace.jsonl")
+    for request in replayed.requests:
+        wanted = {"audio"} if request.metadata["k"] == "audio" else {"image", "extra"}
+        assert set(request.inputs) == wanted and request.stream is None
+    with edgecoe.load(pkg) as rt:
+        report = rt.run(replayed)
+    assert report.num_completed == 30
+
+    onnx.save_model(stateful_model(), str(tmp_path / "state.onnx"))
+    stream_pkg = export_package(write_spec(tmp_path / "s.json", stateful_spec({"state": 1, "stateN": 1})),
+                                tmp_path / "spkg").package
+    (samples / "s").mkdir()
+    np.savez(samples / "s" / "c.npz", x=np.ones(4, np.float32))
+    trace = generate_from_samples(load_package(stream_pkg).manifest, samples, num_requests=12, streams=3, seed=2,
+                                  relative_to=tmp_path)
+    streams = [(r.stream, r.stream_start) for r in trace.requests]
+    assert {s for s, _ in streams} == {"s-0", "s-1", "s-2"}
+    assert [s for s, start in streams if start] == ["s-1", "s-2", "s-0"]  # each started by its first request
+    with edgecoe.load(stream_pkg) as rt:
+        assert rt.run(trace).num_completed == 12
+
+
+def test_cli_runs_all_resident_and_benches_a_trace_with_transforms_from_a_file(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecoe.cli import main
+    from edgecoe.workload import generate_from_samples
+
+    pkg = glue_package(tmp_path)
+    (tmp_path / "samples" / "doc").mkdir(parents=True)
+    for i in range(3):
+        np.savez(tmp_path / "samples" / "doc" / f"{i}.npz", page=np.full(8, i - 1.0, np.float32))
+    generate_from_samples(load_package(pkg).manifest, tmp_path / "samples", num_requests=20, seed=0,
+                          relative_to=tmp_path).write(tmp_path / "trace.jsonl")
+    (tmp_path / "glue.py").write_text(
+        "import numpy as np\n"
+        "def split_parts(call):\n"
+        "    return [{'part': call.input('page')[i:i + 4]} for i in range(2)]\n"
+        "def decode(call):\n"
+        "    return {'text': np.asarray('ok')}\n"
+        "TRANSFORMS = {'split_parts': split_parts, 'decode': decode}\n")
+    runner = CliRunner()
+    missing = runner.invoke(main, ["run", str(pkg), "--workload", str(tmp_path / "trace.jsonl")])
+    assert missing.exit_code != 0 and "not provided" in missing.output and "--transforms" in missing.output
+    ran = runner.invoke(main, ["run", str(pkg), "--workload", str(tmp_path / "trace.jsonl"), "--policy",
+                               "all-resident", "--transforms", str(tmp_path / "glue.py")])
+    assert ran.exit_code == 0, ran.output
+    assert "completed 20/20" in ran.output and "switches 0" in ran.output
+    benched = runner.invoke(main, ["bench", str(pkg), "--workload", str(tmp_path / "trace.jsonl"), "--policies",
+                                   "samba,all-resident", "--budget", "60%", "--transforms", str(tmp_path / "glue.py"),
+                                   "--json", str(tmp_path / "bench.json")])
+    assert benched.exit_code == 0, benched.output
+    entries = json.loads((tmp_path / "bench.json").read_text())["points"][0]["runs"][0]["entries"]
+    assert set(entries) == {"samba", "all-resident"}
+    assert all(e["num_completed"] == 20 and e["num_failed"] == 0 for e in entries.values())

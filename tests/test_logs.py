@@ -46,3 +46,12 @@ def test_native_writes_to_stderr_come_out_as_log_lines():
     lines = result.stderr.splitlines()
     assert "WARNING: edgecoe.onnxruntime: disk \\x1b[31m slow" in lines
     assert "INFO: edgecoe.onnxruntime: hello" in lines
+
+
+def test_onnxruntime_colours_around_a_line_are_dropped_and_escapes_inside_kept():
+    from edgecoe.logs import parse_onnxruntime_line
+
+    level, message = parse_onnxruntime_line("\x1b[0;93m2026-12-07 [W:onnxruntime:, graph.cc:5809 Clean] Removing "
+                                            "initializer 'val_7'.\x1b[m\n")
+    assert level == logging.WARNING and message == "Removing initializer 'val_7'."
+    assert parse_onnxruntime_line("[E:onnxruntime:, x] bad \x1b[31m name\n")[1] == "bad \x1b[31m name"

@@ -8,7 +8,7 @@ with a device profile's costs.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -24,6 +24,7 @@ from edgecoe.runtime import Runtime
 from edgecoe.sched.cost import default_architecture_cost
 from edgecoe.sched.presets import get_bench_entry
 from edgecoe.timeline import Timeline
+from edgecoe.transforms import Transform
 from edgecoe.workload import Workload
 
 SUSPECT_MARGIN = 0.02
@@ -146,6 +147,7 @@ def run_bench(
     timelines: dict[str, Timeline] | None = None, on_warm: Callable[[int, int], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     device_memory: int | Literal["auto"] | None = None, slo_ms: float | None = None,
+    transforms: Mapping[str, Transform] | None = None,
 ) -> BenchResult:
     """Run every entry on the same trace and budget; see :func:`entry_config`.
 
@@ -158,6 +160,7 @@ def run_bench(
             all-resident bound runs without the limit (it stands for a device that holds
             every expert) but starts cold too.
         slo_ms: a latency objective: every report gives goodput (requests within it per second).
+        transforms: the functions for the transforms the package names (every entry gets them).
         on_report: called with each entry's report as it finishes.
         on_warm: progress of warming the optimized-model cache (experts done, all).
         on_progress: progress of a real entry (entry, requests finished, requests).
@@ -202,12 +205,12 @@ def run_bench(
             if on_progress is not None:
                 on_progress(name, 0, len(trace))  # start-up (preload) can take seconds
             if device_memory is None:
-                with Runtime(pkg, config=config, profile=fixed, timeline=timeline) as runtime:
+                with Runtime(pkg, config=config, profile=fixed, timeline=timeline, transforms=transforms) as runtime:
                     report = runtime.run(trace, progress=_for_entry(on_progress, name))
             else:
                 report = _run_limited(pkg, trace, config, fixed, device_memory, timeline=timeline,
                                       bound=get_bench_entry(name).all_resident,
-                                      progress=_for_entry(on_progress, name))
+                                      progress=_for_entry(on_progress, name), transforms=transforms)
         report.policy = name
         result.reports[name] = report
         if on_report:
@@ -217,20 +220,23 @@ def run_bench(
 
 def _run_limited(pkg: Package, trace: Workload, config: RuntimeConfig, profile: DeviceProfile,
                  device_memory: int | Literal["auto"], *, timeline: Timeline | None, bound: bool,
-                 progress: Callable[[int, int], None] | None) -> Report:
+                 progress: Callable[[int, int], None] | None,
+                 transforms: Mapping[str, Transform] | None = None) -> Report:
     """One real entry under a device memory limit (the bound: cold, but with no limit)."""
     if bound:
         from edgecoe.loaders.session import SessionLoader
 
         loader = SessionLoader(pkg, profile, config)
         drop_cached_pages(loader.all_files())
-        with Runtime(pkg, config=config, profile=profile, timeline=timeline, loader=loader) as runtime:
+        with Runtime(pkg, config=config, profile=profile, timeline=timeline, loader=loader,
+                     transforms=transforms) as runtime:
             report = runtime.run(trace, progress=progress)
         report.device_memory = {"mechanism": "none", "limit_bytes": None,
                                 "note": "the all-resident bound: a device that holds every expert (starts cold)"}
         return report
     with sessions_under_device_memory(pkg, profile, config, device_memory) as (limited, device):
-        with Runtime(pkg, config=config, profile=profile, timeline=timeline, loader=limited) as runtime:
+        with Runtime(pkg, config=config, profile=profile, timeline=timeline, loader=limited,
+                     transforms=transforms) as runtime:
             report = runtime.run(trace, progress=progress)
         report.device_memory = device.describe()
     return report
