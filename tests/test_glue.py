@@ -478,3 +478,13 @@ def test_cli_runs_all_resident_and_benches_a_trace_with_transforms_from_a_file(t
     entries = json.loads((tmp_path / "bench.json").read_text())["points"][0]["runs"][0]["entries"]
     assert set(entries) == {"samba", "all-resident"}
     assert all(e["num_completed"] == 20 and e["num_failed"] == 0 for e in entries.values())
+
+
+def test_an_onnx_source_can_be_checked_against_the_onnx_reference_evaluator(tmp_path):
+    onnx.save_model(scale_model(), str(tmp_path / "scale.onnx"))
+    spec = {"name": "ref", "entry": {"key": "k", "experts": {"a": "e"}},
+            "constants": {"two": {"dtype": "float32", "shape": [], "values": [2.0]}},
+            "experts": {"e": {"source": {"onnx": "scale.onnx", "reference": "onnx"}, "feeds": {"scale": "const:two"}}}}
+    report = export_package(write_spec(tmp_path / "spec.json", spec), tmp_path / "pkg")
+    assert report.experts[0].framework == "onnx reference"
+    assert report.experts[0].max_abs_diff <= 1e-6

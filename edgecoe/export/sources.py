@@ -46,12 +46,35 @@ def load_source(name: str, spec: ExpertSpec, base: Path, workdir: Path, *, allow
     """
     source = spec.source
     if isinstance(source, OnnxSource):
-        return _from_onnx(base / source.onnx, allow_custom_ops)
+        loaded = _from_onnx(base / source.onnx, allow_custom_ops)
+        return _with_onnx_reference(loaded) if source.reference == "onnx" else loaded
     if isinstance(source, TorchSource):
         return _from_torch(name, source, base, workdir)
     if isinstance(source, HfSource):
         return _from_hf(name, source, base / source.hf, workdir)
     raise AssertionError(f"unhandled source {source!r}")
+
+
+def _with_onnx_reference(loaded: SourceModel) -> SourceModel:
+    """Check against the onnx package's reference evaluator instead of ONNX Runtime: a second,
+    independent implementation of every operator, so an export is compared with something else."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        evaluator = ReferenceEvaluator(loaded.model)
+    except Exception as exc:
+        raise ExportError(f"{loaded.origin}: the onnx reference evaluator cannot run this model: {exc}; "
+                          "use reference: onnxruntime") from exc
+    names = [o.name for o in loaded.model.graph.output]
+
+    def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return dict(zip(names, evaluator.run(None, inputs), strict=False))
+        except Exception as exc:
+            raise ExportError(f"{loaded.origin}: the onnx reference evaluator failed: {exc}") from exc
+
+    return SourceModel(model=loaded.model, reference=reference, origin=loaded.origin, framework="onnx reference",
+                       external_data=loaded.external_data)
 
 
 def _from_onnx(path: Path, allow_custom_ops: bool) -> SourceModel:

@@ -7,7 +7,7 @@ Relative paths in it are relative to the spec file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, Tag, ValidationError
 
@@ -44,9 +44,15 @@ class ExampleInput(StrictModel):
 
 
 class OnnxSource(StrictModel):
-    """Import an existing ``.onnx`` file as is (external data is gathered into the package)."""
+    """Import an existing ``.onnx`` file as is (external data is gathered into the package).
+
+    ``reference``: what the packaged copy is checked against: ``onnxruntime`` (the original
+    file on ONNX Runtime: proves the copy intact, not the model) or ``onnx`` (the onnx package's
+    reference evaluator, an independent implementation of the operators: slow, for small models).
+    """
 
     onnx: str
+    reference: Literal["onnxruntime", "onnx"] = "onnxruntime"
 
 
 class TorchSource(StrictModel):
