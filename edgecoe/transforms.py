@@ -140,12 +140,7 @@ def run_prepare(transform: Transform, call: TransformCall, *, max_items: int) ->
     Raises:
         TransformError: the transform raised, returned something else, or fanned out too far.
     """
-    try:
-        result = transform(call)
-    except TransformError:
-        raise
-    except Exception as exc:
-        raise TransformError(f"raised {type(exc).__name__}: {exc}") from exc
+    result = _call(transform, call)
     if isinstance(result, Mapping):
         return [_values(result, what="an item")]
     if not isinstance(result, (list, tuple)):
@@ -162,13 +157,17 @@ def run_finish(transform: Transform, call: TransformCall) -> Values:
     Raises:
         TransformError: the transform raised or returned something other than a dict.
     """
+    return _values(_call(transform, call), what="the outputs")
+
+
+def _call(transform: Transform, call: TransformCall) -> object:
+    """The transform's result; whatever it raises becomes a TransformError saying what it raised."""
     try:
-        result = transform(call)
+        return transform(call)
     except TransformError:
         raise
     except Exception as exc:
         raise TransformError(f"raised {type(exc).__name__}: {exc}") from exc
-    return _values(result, what="the outputs")
 
 
 def load_transforms(source: str) -> dict[str, Transform]:

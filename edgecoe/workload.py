@@ -224,14 +224,7 @@ def generate_workload(
     shares = distribution_shares(dist, values)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(values), size=num_requests, p=np.array([shares[v] for v in values]))
-    arrivals: np.ndarray
-    if rate_rps is None:
-        arrivals = np.zeros(num_requests)
-    elif arrival == "poisson":
-        arrivals = np.cumsum(rng.exponential(1000.0 / rate_rps, size=num_requests)) - 0.0
-        arrivals -= arrivals[0]
-    else:
-        arrivals = np.arange(num_requests) * (1000.0 / rate_rps)
+    arrivals = _arrivals(rng, num_requests, rate_rps, arrival)
     passes = rng.random(num_requests) < (go_on if go_on is not None else 0.0)
     input_seeds = rng.integers(0, 2**31 - 1, size=num_requests)
     requests = []
@@ -252,6 +245,16 @@ def generate_workload(
         "go_on": go_on, "seed": seed,
     })
     return Workload(requests, header=header)
+
+
+def _arrivals(rng: np.random.Generator, count: int, rate_rps: float | None, arrival: str) -> np.ndarray:
+    """Arrival offsets in ms: all at 0 without a rate, else Poisson (exponential gaps) or evenly spaced."""
+    if rate_rps is None:
+        return np.zeros(count)
+    if arrival == "poisson":
+        arrivals = np.cumsum(rng.exponential(1000.0 / rate_rps, size=count))
+        return arrivals - arrivals[0]
+    return np.arange(count) * (1000.0 / rate_rps)
 
 
 def hash_name(name: str) -> int:
@@ -358,14 +361,7 @@ def generate_from_samples(
     shares = distribution_shares(dist, usable)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(usable), size=num_requests, p=np.array([shares[v] for v in usable]))
-    arrivals: np.ndarray
-    if rate_rps is None:
-        arrivals = np.zeros(num_requests)
-    elif arrival == "poisson":
-        arrivals = np.cumsum(rng.exponential(1000.0 / rate_rps, size=num_requests))
-        arrivals -= arrivals[0]
-    else:
-        arrivals = np.arange(num_requests) * (1000.0 / rate_rps)
+    arrivals = _arrivals(rng, num_requests, rate_rps, arrival)
     stateful = {name for name, expert in manifest.experts.items() if expert.state}
     from edgecoe.package.routing import entry_expert
 
