@@ -1222,6 +1222,80 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
         yield on_warm, on_progress, on_report
 
 
+# -- serve -------------------------------------------------------------------------------
+@main.command(epilog=_epilog(
+    "edgecoe serve models/pcb-small --budget 25%                   CoE: POST /v1/infer on 127.0.0.1:8000",
+    "edgecoe serve models/published --transforms edgecoe.apps.ocr --budget 30%",
+    "edgecoe serve models/moe-tiny --port 8080                     MoE: OpenAI-compatible /v1/completions",
+    "EDGECOE_API_KEY=secret edgecoe serve models/pcb --host 0.0.0.0 --api-key-env EDGECOE_API_KEY"))
+@click.argument("package", type=PACKAGE)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind: loopback unless you choose otherwise.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--budget", default=None, help="Expert memory (CoE: default the profile's; MoE: default 100%).")
+@click.option("--policy", default=None, help="CoE preset (default edgecoe) or MoE schedule (default on-demand).")
+@click.option("--profile", "profile_name", default=None, help="CoE: device profile (file or name).")
+@_transforms_option
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Require the API key held in environment variable VAR (never put a key on the command line).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=16.0, show_default=True,
+              help="Largest request body.")
+@click.option("--timeout-s", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
+              help="Longest a request waits for its result (then 504, and it is cancelled).")
+@click.option("--drain-timeout-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM: how long accepted requests get to finish.")
+@_errors_are_one_line
+def serve(package: Path, host: str, port: int, budget: str | None, policy: str | None, profile_name: str | None,
+          transforms_source: str | None, api_key_env: str | None, max_body_mb: float, timeout_s: float,
+          drain_timeout_s: float) -> None:
+    """Serve PACKAGE over HTTP until SIGTERM or Ctrl-C (needs the serve extra)."""
+    import os
+
+    try:
+        from edgecoe.serve.common import ServeConfig
+        from edgecoe.serve.server import is_loopback, run_app
+    except ImportError as exc:
+        raise click.UsageError(f"serving needs the serve extra: pip install 'edgecoe[serve]' ({exc})") from None
+    from edgecoe.moe.package import package_kind
+
+    key = None
+    if api_key_env is not None:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise click.BadParameter(f"environment variable {api_key_env} is empty or unset", param_hint="--api-key-env")
+    console = _console(to_stderr=True)
+    if not is_loopback(host) and key is None:
+        console.print(f"[yellow]warning:[/yellow] serving on {escape(host)} without an API key: anyone who can "
+                      "reach this address can use it (--api-key-env)")
+    config = ServeConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout_s, api_key=key,
+                         drain_timeout_s=drain_timeout_s)
+    if package_kind(package) == "moe":
+        from edgecoe.moe.generate import Generator
+        from edgecoe.moe.model import MoeConfig, MoeModel
+        from edgecoe.moe.package import load_moe_package
+        from edgecoe.serve.moe import moe_app
+
+        model = MoeModel(load_moe_package(package), MoeConfig(budget=budget or "100%", policy=policy or "on-demand"))
+        app = moe_app(Generator(model), config)
+        what = f"MoE {model.manifest.name}: POST /v1/completions"
+    else:
+        from edgecoe.config import RuntimeConfig
+        from edgecoe.profiler.select import best_profile, resolve_profile
+        from edgecoe.runtime import Runtime
+        from edgecoe.serve.coe import coe_app
+
+        runtime_config = RuntimeConfig(policy=policy or "edgecoe", budget=budget)
+        runtime_config.validate()
+        pkg = edgecoe.load_package(package, verify=runtime_config.verify)
+        profile = resolve_profile(profile_name)[0] if profile_name else getattr(best_profile(pkg), "profile", None)
+        runtime = Runtime(pkg, config=runtime_config, profile=profile, transforms=_load_transforms(transforms_source))
+        app = coe_app(runtime, config)
+        what = f"{pkg.name}: POST /v1/infer"
+    console.print(f"{escape(what)} on http://{escape(host)}:{port} (GET /healthz, /readyz, /metrics); "
+                  "SIGTERM or Ctrl-C drains and stops")
+    run_app(app, host=host, port=port, drain_timeout_s=drain_timeout_s)
+
+
 # -- run ---------------------------------------------------------------------------------
 @main.command(epilog=_epilog(
     "edgecoe run                                         the bundled demo, built on first use",

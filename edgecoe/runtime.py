@@ -210,6 +210,11 @@ class Runtime:
     def now_ms(self) -> float:
         return (time.perf_counter() - self._start) * 1e3
 
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` has begun (nothing new is accepted)."""
+        return self._closing
+
     # -- public API ----------------------------------------------------------------------
     def submit(self, inputs: Mapping[str, np.ndarray], metadata: Mapping[str, object] | None = None, *,
                request_id: str | None = None, wait_s: float | None = 0.0, stream: str | None = None,

@@ -290,6 +290,7 @@ def test_streams_carry_state_in_order_independently_and_refuse_a_dropped_stream(
         for s in (1, 2):
             for i, future in enumerate(futures[s]):
                 np.testing.assert_allclose(future.result(timeout=60).outputs["out"], 2 * sum(chunks[s][:i + 1]))
+        rt.submit({"x": np.ones(4, np.float32)}, {"k": "s"}, stream="cam2").result(timeout=60)  # cam1 now oldest
         rt.submit({"x": np.ones(4, np.float32)}, {"k": "s"}, stream="cam3", stream_start=True).result(timeout=60)
         # cam1 was least recently used: dropped to hold at most 2 streams
         with pytest.raises(InvalidInputError, match="stream 'cam1' is not held.*max_streams=2.*stream_start=True"):
