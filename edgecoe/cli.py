@@ -1231,7 +1231,7 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
 @click.argument("package", type=PACKAGE)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind: loopback unless you choose otherwise.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--budget", default=None, help="Expert memory (CoE: default the profile's; MoE: default 100%).")
 @click.option("--policy", default=None, help="CoE preset (default edgecoe) or MoE schedule (default on-demand).")
 @click.option("--profile", "profile_name", default=None, help="CoE: device profile (file or name).")
