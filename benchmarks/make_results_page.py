@@ -516,6 +516,30 @@ def section_moe_variant_serving(model: str, command: str, text: str, *, stem: st
     return [*lines, ""]
 
 
+def section_serve_overhead() -> list[str]:
+    lines, data = _section(
+        "serve/overhead_pcb_small.json", "What HTTP costs: `edgecoe serve` against the in-process API (pcb-small)",
+        "python benchmarks/serve_overhead.py --package models/pcb-small --repeat 3 --concurrency 64 "
+        "--json benchmarks/results/serve/overhead_pcb_small.json",
+        "Budget 100 % (no switching: what is measured is the path, not the cache). Light load: 400 requests one at "
+        "a time, latency as the caller sees it (HTTP: a Python client, raw-bytes bodies, JSON answers). "
+        "Saturation: 64 callers each waiting for its answer, 10 s, in-process threads against wrk over HTTP; "
+        "server and client share the 2 cores. Repeats alternate which side runs first.")
+    if data is None:
+        return lines
+    lines += ["| repeat | p50 in-process ms | p50 HTTP ms | added ms | req/s in-process | req/s HTTP | HTTP / in-process |",
+              "|---|---|---|---|---|---|---|"]
+    for i, run in enumerate(data["runs"], start=1):  # type: ignore[index]
+        lines.append(f"| {i} | {run['p50_ms']['in-process']:.2f} | {run['p50_ms']['http']:.2f} | "
+                     f"{run['p50_added_ms']:.2f} | {run['saturated_rps']['in-process']:,.0f} | "
+                     f"{run['saturated_rps']['http']:,.0f} | {run['saturated_ratio']:.2f} |")
+    median = data["median"]  # type: ignore[index]
+    lines += ["", f"Targets: p50 within 2 ms of in-process at light load: +{median['p50_added_ms']:.2f} ms (median), "
+                  f"{_verdict(median['p50_added_ms'] <= 2.0)}; throughput at saturation >= 0.9x in-process: "
+                  f"{median['saturated_ratio']:.2f}x, {_verdict(median['saturated_ratio'] >= 0.9)}."]
+    return [*lines, ""]
+
+
 def section_published() -> list[str]:
     lines, data = _section(
         "published/bench_30pct.json", "Published models as one package (OCR pipeline, layout, VAD streams, ...)",
@@ -622,6 +646,7 @@ def render() -> str:
         "request/s, uniform over the four, 3 repeats in rotated order (other work shared the machine during part "
         "of one repeat: the upper ends of the ranges). Memory: the consolidated package's bytes.")
     lines += section_published()
+    lines += section_serve_overhead()
     lines += section_expert_exec(
         "moe/expert_exec_large.json", "Running an expert: moe-large shape (hidden 1024, FFN 2048)",
         "python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 --repeat 3 "

@@ -4,8 +4,10 @@
         --json benchmarks/results/serve/overhead_pcb_small.json
 
 Light load: one request at a time (the client waits for each answer), p50 and p99 latency as the caller
-sees it. Saturation: every request at once in-process (`Runtime.run`), against a client with
-``--concurrency`` connections kept busy over HTTP. Inputs go over HTTP as raw bytes
+sees it (a Python client, httpx2, keep-alive). Saturation: ``--concurrency`` callers each waiting for its
+answer before sending the next, for ``--seconds``, cycling through the same requests: threads calling
+``submit`` in-process, ``wrk`` (a C load generator; the Debian package) with as many connections over HTTP
+— the same number of requests in flight, so both sides can batch alike. Inputs go over HTTP as raw bytes
 (``application/octet-stream``), answers as JSON. The server runs in its own process on 127.0.0.1 with the
 same budget and policy; both share this machine's cores with their callers, as a local gateway would.
 Repeats alternate the order (in-process first, then HTTP first).
@@ -19,7 +21,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ def _requests(package: Path, count: int, seed: int) -> list[tuple[dict[str, np.n
     return [(materialize(r, pkg.manifest.inputs, trace.base_dir), dict(r.metadata)) for r in trace.requests]
 
 
-def in_process(package: Path, budget: str, requests: list, policy: str) -> dict[str, Any]:
+def in_process(package: Path, budget: str, requests: list, policy: str, concurrency: int,
+               seconds: float) -> dict[str, Any]:
     import edgecoe
 
     with edgecoe.load(package, budget=budget, policy=policy) as runtime:
@@ -53,15 +55,70 @@ def in_process(package: Path, budget: str, requests: list, policy: str) -> dict[
             started = time.perf_counter()
             runtime.submit(inputs, metadata).result()
             light.append((time.perf_counter() - started) * 1e3)
-        started = time.perf_counter()
-        futures = [runtime.submit(inputs, metadata, wait_s=None) for inputs, metadata in requests]
-        for future in futures:
-            future.result()
-        wall = time.perf_counter() - started
-    return {"light_ms": light, "saturated_rps": len(requests) / wall}
+        return {"light_ms": light, "saturated_rps": _closed_loop(runtime, requests, concurrency, seconds)}
 
 
-def over_http(package: Path, budget: str, requests: list, policy: str, concurrency: int) -> dict[str, Any]:
+def _closed_loop(runtime: Any, requests: list, concurrency: int, seconds: float) -> float:
+    """Requests per second with ``concurrency`` callers each waiting for its answer before the next: the
+    load wrk puts on the server, so both sides batch from the same number of requests in flight."""
+    import threading
+
+    done = [0] * concurrency
+    stop = time.perf_counter() + seconds
+
+    def caller(index: int) -> None:
+        n = index
+        while time.perf_counter() < stop:
+            inputs, metadata = requests[n % len(requests)]
+            runtime.submit(inputs, metadata, wait_s=None).result()
+            done[index] += 1
+            n += concurrency
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def _wrk(base: str, requests: list, name: str, concurrency: int, seconds: float) -> float:
+    """Requests per second wrk sustains, cycling through ``requests`` (bodies in files a Lua script reads)."""
+    import shutil
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("saturation needs wrk (apt-get install wrk)")
+    with tempfile.TemporaryDirectory() as folder:
+        metas = []
+        for i, (inputs, metadata) in enumerate(requests, start=1):
+            Path(folder, f"{i}.bin").write_bytes(inputs[name].tobytes())
+            metas.append(json.dumps(json.dumps(metadata)))
+        shape = ",".join(map(str, requests[0][0][name].shape))
+        script = Path(folder, "post.lua")
+        script.write_text(
+            f"local bodies = {{}}\nlocal metas = {{{', '.join(metas)}}}\n"
+            f"for i = 1, {len(requests)} do\n"
+            f"  local f = io.open('{folder}/' .. i .. '.bin', 'rb'); bodies[i] = f:read('*all'); f:close()\nend\n"
+            "local n = 0\nrequest = function()\n"
+            f"  n = n % {len(requests)} + 1\n"
+            "  return wrk.format('POST', '/v1/infer', {['Content-Type'] = 'application/octet-stream', "
+            f"['X-Edgecoe-Input'] = '{name}', ['X-Edgecoe-Shape'] = '{shape}', "
+            "['X-Edgecoe-Metadata'] = metas[n]}, bodies[n])\nend\n"
+            "done = function(summary, latency, requests)\n"
+            "  io.write(string.format('errors %d %d %d %d\\n', summary.errors.connect, summary.errors.status, "
+            "summary.errors.read, summary.errors.timeout))\nend\n")
+        out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds:g}s", "-s", str(script),
+                              f"{base}/v1/infer"], capture_output=True, text=True, check=True).stdout
+    errors = [int(v) for line in out.splitlines() if line.startswith("errors ") for v in line.split()[1:]]
+    if any(errors):
+        raise SystemExit(f"wrk saw errors (connect, status, read, timeout): {errors}\n{out}")
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+
+
+def over_http(package: Path, budget: str, requests: list, policy: str, concurrency: int,
+              seconds: float) -> dict[str, Any]:
     import httpx2 as httpx
 
     port = _free_port()
@@ -99,26 +156,7 @@ def over_http(package: Path, budget: str, requests: list, policy: str, concurren
                 started = time.perf_counter()
                 send(client, inputs, metadata)
                 light.append((time.perf_counter() - started) * 1e3)
-        work = list(requests)
-        lock = threading.Lock()
-
-        def worker() -> None:
-            with httpx.Client(timeout=120) as own:
-                while True:
-                    with lock:
-                        if not work:
-                            return
-                        inputs, metadata = work.pop()
-                    send(own, inputs, metadata)
-
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - started
-        return {"light_ms": light, "saturated_rps": len(requests) / wall}
+        return {"light_ms": light, "saturated_rps": _wrk(base, requests, name, concurrency, seconds)}
     finally:
         server.terminate()
         server.wait(60)
@@ -131,6 +169,7 @@ def main() -> None:
     parser.add_argument("--policy", default="edgecoe")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -142,8 +181,10 @@ def main() -> None:
         order = ["in-process", "http"] if rep % 2 == 0 else ["http", "in-process"]
         run: dict[str, Any] = {}
         for entry in order:
-            run[entry] = (in_process(args.package, args.budget, requests, args.policy) if entry == "in-process"
-                          else over_http(args.package, args.budget, requests, args.policy, args.concurrency))
+            run[entry] = (in_process(args.package, args.budget, requests, args.policy, args.concurrency, args.seconds)
+                          if entry == "in-process"
+                          else over_http(args.package, args.budget, requests, args.policy, args.concurrency,
+                                         args.seconds))
         ip, http = run["in-process"], run["http"]
         summary = {
             "p50_ms": {e: statistics.median(run[e]["light_ms"]) for e in run},

@@ -138,8 +138,10 @@ def to_json(array: np.ndarray) -> dict[str, Any]:
     if array.dtype.kind in "US":
         return {"dtype": "str", "shape": list(array.shape), "data": array.astype(str).tolist()}
     if array.dtype.kind == "f":
-        data: Any = np.where(np.isfinite(array), array, np.nan).astype(np.float64).tolist()
-        data = _nulls(data)
+        finite = bool(np.isfinite(array).all())
+        data: Any = array.astype(np.float64).tolist()
+        if not finite:  # rare: only then walk the lists to put nulls in
+            data = _nulls(data)
     else:
         data = array.tolist()
     return {"dtype": array.dtype.name, "shape": list(array.shape), "data": data}
