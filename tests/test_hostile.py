@@ -479,3 +479,17 @@ def test_the_demo_trace_runs_unchanged_after_all_this(pcb_small, tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path / "pkg"), "--verify", "full", "--budget", "30%",
                                        "--requests", "30"])
     assert result.exit_code == 0, result.output and "completed 30/30" in result.output
+
+
+@pytest.mark.parametrize("path", ["x" * 300, "/".join(["d"] * 600) + "/m.onnx"])
+def test_a_path_too_long_for_the_file_system_is_one_package_error(chain_package, tmp_path, path):
+    from edgecoe.errors import PackageError
+    from edgecoe.package import load_package
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(chain_package, pkg)
+    manifest = json.loads((pkg / "edgecoe.json").read_text())
+    manifest["experts"]["cls_a"]["model"]["path"] = path
+    (pkg / "edgecoe.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="too long for a file system"):
+        load_package(pkg)

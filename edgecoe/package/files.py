@@ -28,6 +28,11 @@ def record_file(root: Path, rel: str) -> FileRecord:
     return FileRecord(path=rel, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
+# POSIX file systems' usual limits (NAME_MAX, and a margin under PATH_MAX for the package's own location)
+_MAX_NAME_BYTES = 255
+_MAX_PATH_CHARS = 1024
+
+
 def unsafe_path_reason(root: Path, rel: str) -> str | None:
     """Why ``rel`` may not be used as a path inside package ``root``, or None if it may.
 
@@ -42,11 +47,19 @@ def unsafe_path_reason(root: Path, rel: str) -> str | None:
         return f"path {rel!r} is absolute; package paths must be relative to the package"
     if any(part in ("..", "") for part in rel.split("/")) or "." in rel.split("/")[:-1]:
         return f"path {rel!r} leaves or escapes the package directory ('..' or empty parts)"
+    too_long = [part for part in pure.parts if len(part.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES]
+    if too_long or len(rel) > _MAX_PATH_CHARS:
+        return (f"path {rel[:60]!r}... is too long for a file system ({len(rel)} characters; at most "
+                f"{_MAX_NAME_BYTES} bytes per name, {_MAX_PATH_CHARS} in all)")
     current = root
-    for part in pure.parts:
-        current = current / part
-        if current.is_symlink():
-            return f"path {rel!r} goes through symbolic link {current.relative_to(root)!s}, which packages may not contain"
+    try:
+        for part in pure.parts:
+            current = current / part
+            if current.is_symlink():
+                return (f"path {rel!r} goes through symbolic link {current.relative_to(root)!s}, which packages "
+                        "may not contain")
+    except OSError as exc:  # what the file system refuses, a package may not name
+        return f"path {rel[:60]!r} cannot be checked: {exc.strerror or exc}"
     resolved = (root / rel).resolve()
     if os.path.commonpath([resolved, root.resolve()]) != str(root.resolve()):
         return f"path {rel!r} resolves outside the package to {resolved}"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -21,14 +19,13 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from edgecoe.errors import InvalidInputError, QueueFullError, RequestCancelled, RequestError, RoutingError
 from edgecoe.package.routing import entry_expert
 from edgecoe.results import Result
 from edgecoe.runtime import Runtime
 from edgecoe.serve import tensors
-from edgecoe.serve.common import Front, HttpError, ServeConfig, error_response, ok, retry_after
+from edgecoe.serve.common import Front, HttpError, ServeConfig, build_app, error_response, ok, retry_after
 from edgecoe.serve.tensors import BadTensor
 
 
@@ -207,16 +204,5 @@ class CoeService:
 def coe_app(runtime: Runtime, config: ServeConfig | None = None) -> Starlette:
     """An ASGI app serving ``runtime``; shutting the app down drains and closes the runtime."""
     service = CoeService(runtime, config or ServeConfig())
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> Any:
-        yield
-        await run_in_threadpool(service.close)
-
-    handlers: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
-        ("/v1/infer", service.infer, ["POST"]), ("/healthz", service.healthz, ["GET"]),
-        ("/readyz", service.readyz, ["GET"]), ("/metrics", service.metrics, ["GET"])]
-    app = Starlette(routes=[Route(path, handler, methods=methods) for path, handler, methods in handlers],
-                    lifespan=lifespan)
-    app.state.service = service
-    return app
+    return build_app(service, [("/v1/infer", service.infer, "POST"), ("/healthz", service.healthz, "GET"),
+                               ("/readyz", service.readyz, "GET"), ("/metrics", service.metrics, "GET")])

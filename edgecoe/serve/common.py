@@ -6,11 +6,16 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from edgecoe.serve.metrics import Counters, Exposition, Histogram
 
@@ -130,3 +135,27 @@ def retry_after(config: ServeConfig) -> dict[str, str]:
 
 def ok(payload: object, status: int = 200) -> Response:
     return JSONResponse(payload, status_code=status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Service(Protocol):
+    front: Front
+
+    def close(self) -> None: ...
+
+
+def build_app(service: Service, routes: list[tuple[str, Handler, str]]) -> Starlette:
+    """An app of ``(path, handler, method)`` routes whose shutdown closes ``service`` (draining it) in a worker
+    thread; the service is reachable as ``app.state.service``."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        yield
+        await run_in_threadpool(service.close)
+
+    app = Starlette(routes=[Route(path, handler, methods=[method]) for path, handler, method in routes],
+                    lifespan=lifespan)
+    app.state.service = service
+    return app

@@ -16,19 +16,16 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from edgecoe.errors import InvalidInputError
 from edgecoe.moe.generate import Generator, SamplingParams, TokenEvent
-from edgecoe.serve.common import Front, HttpError, ServeConfig, error_response, ok, retry_after
+from edgecoe.serve.common import Front, HttpError, ServeConfig, build_app, error_response, ok, retry_after
 
 # OpenAI fields whose meaning edgecoe does not provide: refused by name rather than silently ignored.
 _UNSUPPORTED = ("n", "best_of", "echo", "logprobs", "suffix", "logit_bias", "presence_penalty", "frequency_penalty")
@@ -254,16 +251,6 @@ class MoeService:
 def moe_app(generator: Generator, config: ServeConfig | None = None) -> Starlette:
     """An ASGI app serving ``generator``'s model; shutting the app down lets queued completions finish."""
     service = MoeService(generator, config or ServeConfig())
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> Any:
-        yield
-        await run_in_threadpool(service.close)
-
-    app = Starlette(routes=[Route("/v1/completions", service.completions, methods=["POST"]),
-                            Route("/v1/models", service.models, methods=["GET"]),
-                            Route("/healthz", service.healthz, methods=["GET"]),
-                            Route("/readyz", service.readyz, methods=["GET"]),
-                            Route("/metrics", service.metrics, methods=["GET"])], lifespan=lifespan)
-    app.state.service = service
-    return app
+    return build_app(service, [("/v1/completions", service.completions, "POST"), ("/v1/models", service.models, "GET"),
+                               ("/healthz", service.healthz, "GET"), ("/readyz", service.readyz, "GET"),
+                               ("/metrics", service.metrics, "GET")])
