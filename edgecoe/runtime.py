@@ -449,13 +449,15 @@ class Runtime:
         with self._work:
             in_flight = {rid: r.future for rid, r in self._requests.items()}
             if not drain:
+                why = "cancelled: runtime closed without draining"
                 self._cancel_queued_locked("runtime closed without draining")
-                for waiting in self._stream_queue.values():
+                # NOTE: failing a stream's request in flight releases its next one into _released:
+                # those are failed too, or close would wait for requests nothing will ever run.
+                for waiting in list(self._stream_queue.values()):
                     for request in list(waiting):
-                        self._fail_request_locked(request, None, "cancelled: runtime closed without draining",
-                                                  RequestCancelled)
-                    waiting.clear()
-                self._released.clear()
+                        self._fail_request_locked(request, None, why, RequestCancelled)
+                while self._released:
+                    self._fail_request_locked(self._released.pop(0), None, why, RequestCancelled)
             self._closing = True
             self._work.notify_all()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -489,3 +489,23 @@ def test_an_onnx_source_can_be_checked_against_the_onnx_reference_evaluator(tmp_
     report = export_package(write_spec(tmp_path / "spec.json", spec), tmp_path / "pkg")
     assert report.experts[0].framework == "onnx reference"
     assert report.experts[0].max_abs_diff <= 1e-6
+
+
+def test_closing_without_draining_ends_every_request_of_every_stream(tmp_path):
+    onnx.save_model(stateful_model(), str(tmp_path / "state.onnx"))
+    pkg = load_package(export_package(write_spec(tmp_path / "spec.json", stateful_spec({"state": 1, "stateN": 1})),
+                                      tmp_path / "pkg").package)
+    gate, running = threading.Event(), threading.Event()
+    rt = faulty_runtime(pkg, RuntimeConfig(num_executors=1))
+    inject(rt, before_run=lambda expert, feeds: (running.set(), gate.wait(60)))
+    held = rt.submit({"x": np.ones(4, np.float32)}, {"k": "s"}, stream="b", stream_start=True)
+    assert running.wait(30)  # the one executor is busy: stream a's first request stays queued
+    futures = [rt.submit({"x": np.ones(4, np.float32)}, {"k": "s"}, stream="a", stream_start=i == 0) for i in range(3)]
+    closer = threading.Thread(target=lambda: rt.close(drain=False))
+    closer.start()
+    closer.join(0.5)
+    gate.set()
+    closer.join(30)
+    assert not closer.is_alive(), "close(drain=False) waited for a request nothing would run"
+    assert held.done() and all(f.done() for f in futures)
+    assert all(isinstance(f.exception(), RequestError) for f in futures)
