@@ -1244,11 +1244,14 @@ def _bench_progress(console: Console, entries: list[str], num_requests: int,
               help="Longest a request waits for its result (then 504, and it is cancelled).")
 @click.option("--drain-timeout-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On SIGTERM: how long accepted requests get to finish.")
+@click.option("--max-queued-requests", type=click.IntRange(1, 10_000_000), default=None,
+              help="CoE: requests in flight at most; beyond it requests get 429 (default: the runtime's 10,000).")
 @_errors_are_one_line
 def serve(package: Path, host: str, port: int, budget: str | None, policy: str | None, profile_name: str | None,
           transforms_source: str | None, api_key_env: str | None, max_body_mb: float, timeout_s: float,
-          drain_timeout_s: float) -> None:
+          drain_timeout_s: float, max_queued_requests: int | None) -> None:
     """Serve PACKAGE over HTTP until SIGTERM or Ctrl-C (needs the serve extra)."""
+    import dataclasses
     import os
 
     try:
@@ -1285,6 +1288,8 @@ def serve(package: Path, host: str, port: int, budget: str | None, policy: str |
         from edgecoe.serve.coe import coe_app
 
         runtime_config = RuntimeConfig(policy=policy or "edgecoe", budget=budget)
+        if max_queued_requests is not None:
+            runtime_config = dataclasses.replace(runtime_config, max_queued_requests=max_queued_requests)
         runtime_config.validate()
         pkg = edgecoe.load_package(package, verify=runtime_config.verify)
         profile = resolve_profile(profile_name)[0] if profile_name else getattr(best_profile(pkg), "profile", None)

@@ -124,6 +124,8 @@ def test_a_full_queue_is_429_a_slow_result_504_and_both_leave_nothing_behind(cha
     assert 'edgecoe_http_requests_total{endpoint="infer",status="429"} 1' in metrics
     assert 'edgecoe_http_requests_total{endpoint="infer",status="504"}' in metrics
     assert "edgecoe_queue_depth" in metrics and "edgecoe_switches_total" in metrics
+    budget = runtime.caches["cpu"].budget_bytes
+    assert f'edgecoe_expert_budget_bytes{{processor="cpu"}} {budget}' in metrics
     assert 'edgecoe_http_request_seconds_bucket{le="+Inf"}' in metrics
 
 

@@ -188,6 +188,12 @@ class CoeService:
         for name, kind, text, value in families:
             page.family(name, kind, text)
             page.sample(name, float(value))
+        page.family("edgecoe_expert_budget_bytes", "gauge", "Memory for resident experts, by processor.")
+        for processor, cache in runtime.caches.items():
+            page.sample("edgecoe_expert_budget_bytes", cache.budget_bytes, processor=processor)
+        page.family("edgecoe_expert_resident_bytes", "gauge", "Memory resident experts hold now, by processor.")
+        for processor, cache in runtime.caches.items():
+            page.sample("edgecoe_expert_resident_bytes", cache.used_bytes, processor=processor)
         page.family("edgecoe_expert_failures_total", "counter", "Failed loads and runs, by expert.")
         for expert, count in runtime.health.failures().items():
             page.sample("edgecoe_expert_failures_total", count, expert=expert)
