@@ -540,6 +540,40 @@ def section_serve_overhead() -> list[str]:
     return [*lines, ""]
 
 
+def section_serve_overload() -> list[str]:
+    lines, data = _section(
+        "serve/overload_pcb_small.json", "`edgecoe serve` under overload (pcb-small)",
+        "python benchmarks/serve_overload.py --package models/pcb-small --budget 25% --connections 1024 --seconds 60 "
+        "--repeat 3 --json benchmarks/results/serve/overload_pcb_small.json",
+        "Capacity first (wrk, 64 connections, 10 s); then 1,024 connections for 60 s against a queue limit of 256 "
+        "requests and a 5 s request timeout. Lost: a connection dropped with a request on it (wrk's read, write and "
+        "timeout errors). RSS bound: the server's idle RSS after start-up + the expert budget + what the queue "
+        "limit lets requests hold.")
+    if data is None:
+        return lines
+    lines += ["| repeat | capacity req/s | answers/s at overload | sent | answered by the server | 200 | 429 | 504 | "
+              "dropped | answered after 30 s | peak RSS MB | bound MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, run in enumerate(data["runs"], start=1):  # type: ignore[index]
+        st = run["statuses"]
+        sent = run["client_saw"] + run["client_timeouts"]
+        lines.append(f"| {i} | {run['capacity_rps']:,.0f} | {run['overload_rps']:,.0f} | {sent:,} | "
+                     f"{run['server_answered']:,.0f} | {st.get('200', 0):,.0f} | {st.get('429', 0):,.0f} | "
+                     f"{st.get('504', 0):,.0f} | {run['dropped']} | {run['client_timeouts']} | "
+                     f"{run['peak_rss_bytes'] / 1e6:.0f} | {run['rss_bound_bytes'] / 1e6:.0f} |")
+    runs = data["runs"]  # type: ignore[index]
+    dropped = sum(r["dropped"] + r["connect_errors"] for r in runs)
+    unanswered = sum(max(0, r["client_saw"] + r["client_timeouts"] - r["server_answered"]) for r in runs)
+    late = max(r["client_timeouts"] / (r["client_saw"] + r["client_timeouts"]) for r in runs)
+    worst = max(r["peak_rss_bytes"] / r["rss_bound_bytes"] for r in runs)
+    lines += ["", "Targets: every request answered (a result, 429 or 504), none lost: "
+                  f"{dropped} dropped or refused connections, {unanswered} sent but not answered by the server, "
+                  f"{_verdict(dropped == 0 and unanswered == 0)} (but up to {late:.2%} of answers came after wrk's "
+                  f"30 s: under 1,024 connections the event loop serves connections unevenly); RSS within the "
+                  f"bound: worst {worst:.1%} of it, {_verdict(worst <= 1.0)} (the HTTP layer holds request bodies "
+                  "before admission: 1,024 connections x 48 KB are not in the bound)."]
+    return [*lines, ""]
+
+
 def section_published() -> list[str]:
     lines, data = _section(
         "published/bench_30pct.json", "Published models as one package (OCR pipeline, layout, VAD streams, ...)",
@@ -647,6 +681,7 @@ def render() -> str:
         "of one repeat: the upper ends of the ranges). Memory: the consolidated package's bytes.")
     lines += section_published()
     lines += section_serve_overhead()
+    lines += section_serve_overload()
     lines += section_expert_exec(
         "moe/expert_exec_large.json", "Running an expert: moe-large shape (hidden 1024, FFN 2048)",
         "python benchmarks/moe_expert_exec.py --hidden 1024 --intermediate 2048 --experts 8 --repeat 3 "

@@ -6,7 +6,8 @@
 First its capacity (wrk, 64 connections, 10 s), then ``--connections`` connections for ``--seconds`` against a
 queue limit of ``--max-queued`` requests: every request must get an answer — a result, 429 (queue full) or
 504 (timed out) — and none may be lost (wrk's read/write errors and timeouts: a connection dropped with a
-request on it). The server's peak RSS (VmHWM) is compared with its idle RSS after start-up plus the expert
+request on it; wrk's read and write errors). wrk gives up on an answer after 30 s (``client_timeouts``);
+the server's own counters (``/metrics``, before and after) say what it answered. The server's peak RSS (VmHWM) is compared with its idle RSS after start-up plus the expert
 budget plus what the queue limit lets requests hold.
 """
 
@@ -76,7 +77,16 @@ def _wrk(script: Path, url: str, connections: int, seconds: float) -> dict[str, 
     requests = int(re.search(r"^requests (\d+)", out, re.M).group(1))  # type: ignore[union-attr]
     connect, read, write, timeout = (int(v) for v in re.search(r"^errors (\d+) (\d+) (\d+) (\d+)", out, re.M).groups())  # type: ignore[union-attr]
     return {"rps": rps, "requests": requests, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-            "connect_errors": connect, "lost": read + write + timeout, "raw": out}
+            "connect_errors": connect, "dropped": read + write, "client_timeouts": timeout, "raw": out}
+
+
+def _statuses(base: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as page:
+        text = page.read().decode()
+    return {m.group(1): float(m.group(2)) for m in
+            re.finditer(r'edgecoe_http_requests_total\{endpoint="infer",status="(\d+)"\} ([\d.e+]+)', text)}
 
 
 def run_once(args: argparse.Namespace, script: Path, body_bytes: int) -> dict[str, Any]:
@@ -104,20 +114,22 @@ def run_once(args: argparse.Namespace, script: Path, body_bytes: int) -> dict[st
             budget = int(float(re.search(r"edgecoe_expert_budget_bytes\{[^}]*\} ([\d.e+]+)",  # type: ignore[union-attr]
                                          page.read().decode()).group(1)))
         capacity = _wrk(script, f"{base}/v1/infer", 64, 10)
+        before = _statuses(base)
         overload = _wrk(script, f"{base}/v1/infer", args.connections, args.seconds)
+        time.sleep(args.timeout_s + 1)  # answers still on their way when wrk stopped
+        after = _statuses(base)
         peak_kb = _status_kb(server.pid, "VmHWM")
-        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as page:
-            metrics = page.read().decode()
     finally:
         server.terminate()
         server.wait(60)
-    statuses = {m.group(1): float(m.group(2)) for m in
-                re.finditer(r'edgecoe_http_requests_total\{endpoint="infer",status="(\d+)"\} ([\d.e+]+)', metrics)}
+    statuses = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     queue_bytes = args.max_queued * (body_bytes + 8 * 1024)
     bound = idle_kb * 1024 + budget + queue_bytes
     return {"capacity_rps": capacity["rps"], "overload_rps": overload["rps"],
-            "offered_connections": args.connections, "answered": overload["requests"], "lost": overload["lost"],
-            "connect_errors": overload["connect_errors"], "statuses": statuses,
+            "offered_connections": args.connections, "client_saw": overload["requests"],
+            "server_answered": sum(statuses.values()), "dropped": overload["dropped"],
+            "client_timeouts": overload["client_timeouts"], "connect_errors": overload["connect_errors"],
+            "statuses": statuses,
             "idle_rss_bytes": idle_kb * 1024, "peak_rss_bytes": peak_kb * 1024, "budget_bytes": budget,
             "queue_limit_bytes": queue_bytes, "rss_bound_bytes": bound, "within_bound": peak_kb * 1024 <= bound}
 
