@@ -791,7 +791,9 @@ def workload_check(trace: Path, package: Path | None) -> None:
 
 # -- profile -----------------------------------------------------------------------------
 @main.command(epilog=_epilog("edgecoe profile models/pcb-small --quick -o device_profiles/mine.json",
-                             "edgecoe profile models/pcb --device cuda:0 -o device_profiles/gpu.json"))
+                             "edgecoe profile models/pcb --device cuda:0 -o device_profiles/gpu.json",
+                             "edgecoe profile models/published --workload trace.jsonl --transforms edgecoe.apps.ocr "
+                             "-o device_profiles/pub.json"))
 @click.argument("package", type=PACKAGE)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda:N or coreml.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -801,9 +803,13 @@ def workload_check(trace: Path, package: Path | None) -> None:
 @click.option("--memory-limit", default=None,
               help="Memory experts may use on the device: bytes, 8GB, or 50% of available memory.")
 @click.option("--no-search", is_flag=True, help="Skip the allocation search: keep every expert that fits.")
+@click.option("--workload", "workload_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The sample the allocation search serves (default: generated; packages of published models "
+                   "need real inputs: `edgecoe workload generate --samples`).")
+@_transforms_option
 @_errors_are_one_line
 def profile(package: Path, device: str, output: Path, name: str | None, quick: bool, memory_limit: str | None,
-            no_search: bool) -> None:
+            no_search: bool, workload_path: Path | None, transforms_source: str | None) -> None:
     """Measure PACKAGE on DEVICE and write a device profile (costs, footprints, allocation).
 
     A profile written into device_profiles/ becomes `edgecoe run`'s default for this machine and
@@ -816,7 +822,11 @@ def profile(package: Path, device: str, output: Path, name: str | None, quick: b
 
     check_device(device)
     pkg = edgecoe.load_package(package, verify="quick")
-    overrides: dict[str, Any] = {"search": not no_search}
+    from edgecoe.workload import read_workload
+
+    overrides: dict[str, Any] = {"search": not no_search, "transforms": _load_transforms(transforms_source)}
+    if workload_path is not None:
+        overrides["workload"] = read_workload(workload_path)
     if memory_limit is not None:
         overrides["memory_limit_bytes"] = parse_budget(memory_limit, total_bytes=available_memory_bytes())
     settings = ProfileSettings.quick(**overrides) if quick else ProfileSettings(**overrides)

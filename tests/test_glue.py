@@ -509,3 +509,18 @@ def test_closing_without_draining_ends_every_request_of_every_stream(tmp_path):
     assert not closer.is_alive(), "close(drain=False) waited for a request nothing would run"
     assert held.done() and all(f.done() for f in futures)
     assert all(isinstance(f.exception(), RequestError) for f in futures)
+
+
+def test_the_profiler_feeds_constants_state_and_the_shapes_export_verified(tmp_path):
+    from edgecoe.profiler.measure import batch_inputs
+
+    pkg = load_package(two_branch_package(tmp_path))
+    feeds = batch_inputs(pkg, "scale", 3)
+    assert feeds["scale"].shape == () and float(feeds["scale"]) == 2.5  # the constant, not noise
+    assert feeds["x"].shape == (3, 4)
+    onnx.save_model(stateful_model(), str(tmp_path / "state.onnx"))
+    spkg = load_package(export_package(write_spec(tmp_path / "s.json", stateful_spec({"state": 1, "stateN": 1})),
+                                       tmp_path / "spkg").package)
+    assert spkg.experts["acc"].item_shapes == {"x": [4], "state": [2, 4]}
+    state = batch_inputs(spkg, "acc", 5)["state"]
+    assert state.shape == (2, 5, 4) and not state.any()  # a fresh stream's state, on its batch axis

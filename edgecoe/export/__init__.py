@@ -145,6 +145,9 @@ def _export_one(
         optimized=optimized, inputs=inputs, outputs=outputs, route=expert.route, usage_probability=0.0,
         source=source.origin, feeds=expert.feeds, prepare=expert.prepare, finish=expert.finish, state=expert.state,
         batch=batch, dropped_outputs=dropped, model_metadata=model_metadata,
+        item_shapes={name: [d for i, d in enumerate(array.shape) if i != batch.axis(name)]
+                     for name, array in feeds.items()},
+        value_ranges=dict(expert.value_ranges),
     )
     check_batching(path, record, feeds, where)
     result = ExpertExport(name=name, origin=source.origin, framework=source.framework, bytes=record.total_bytes,

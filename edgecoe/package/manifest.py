@@ -272,6 +272,11 @@ class ExpertRecord(StrictModel):
     model_metadata: dict[str, str] = Field(
         default_factory=dict, description="the ONNX file's metadata_props (a label list, a vocabulary), "
                                           "for transforms to read")
+    item_shapes: dict[TensorName, list[int]] = Field(
+        default_factory=dict, description="input -> the shape of one item export verified the model with "
+                                          "(the profiler measures with it)")
+    value_ranges: dict[TensorName, tuple[float, float]] = Field(
+        default_factory=dict, description="input -> [low, high] of values the model expects, from the spec")
 
     @field_validator("model_metadata")
     @classmethod

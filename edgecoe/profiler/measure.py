@@ -33,16 +33,34 @@ def _ms(start: float) -> float:
 
 
 def batch_inputs(pkg: Package, expert: str, batch: int, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of batch size ``batch`` for an expert's declared inputs."""
+    """Inputs of ``batch`` items for an expert: constants where it is fed constants, zeros for a stream's
+    state, else random values (in the spec's range) of the item shape export verified it with, stacked
+    on each input's batch axis (an unbatched input given once)."""
     rng = np.random.default_rng(seed)
+    record = pkg.experts[expert]
+    state = {pair.input for pair in record.state}
+    constants = pkg.manifest.constants
     feeds = {}
-    for spec in pkg.experts[expert].inputs:
-        shape = [batch] + [d if isinstance(d, int) else _SYMBOLIC_ITEM_DIM for d in spec.shape[1:]]
+    for spec in record.inputs:
+        axis = record.batch.axis(spec.name)
         dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        item_shape = record.item_shapes.get(spec.name) or [
+            d if isinstance(d, int) else _SYMBOLIC_ITEM_DIM
+            for i, d in enumerate(spec.shape) if axis is None or i != axis]
+        feed = record.feeds.get(spec.name)
+        if feed is not None and feed.const is not None and feed.const in constants:
+            item = constants[feed.const].array()
+        elif spec.name in state:
+            item = np.zeros(item_shape, dtype=dtype)
+        elif spec.name in record.value_ranges:
+            low, high = record.value_ranges[spec.name]
+            item = (rng.uniform(low, high, size=item_shape) if dtype.kind == "f"
+                    else rng.integers(int(low), int(high), size=item_shape, endpoint=True)).astype(dtype)
+        elif dtype.kind == "f":
+            item = rng.standard_normal(item_shape).astype(dtype)
         else:
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+            item = rng.integers(0, 2, size=item_shape).astype(dtype)
+        feeds[spec.name] = item if axis is None else np.stack([item] * batch, axis=axis)
     return feeds
 
 
@@ -114,6 +132,8 @@ def _latency_curve(
         that fails (memory) ends the curve before it.
     """
     release_freed_memory()
+    limit = pkg.experts[expert].batch.max
+    batches = [n for n in batches if limit is None or n <= limit] or [1]  # a fixed batch is all it runs
     feeds: dict[int, dict[str, np.ndarray]] = {}
     memory_after: dict[int, int] = {}
     for n in batches:

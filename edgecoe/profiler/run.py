@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,7 +38,8 @@ from edgecoe.profiler.fit import decay_window_search
 from edgecoe.profiler.measure import measure_architecture, measure_host_load_ms
 from edgecoe.providers import choose_providers
 from edgecoe.runtime import Runtime
-from edgecoe.workload import generate_workload
+from edgecoe.transforms import Transform
+from edgecoe.workload import Workload, generate_workload
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -60,6 +61,9 @@ class ProfileSettings:
         search: run the allocation search (off: budget = memory limit).
         check_largest: check the search's stop against the largest resident
             set (see :func:`~edgecoe.profiler.fit.decay_window_search`).
+        workload: the sample the allocation serves (default: one generated from the package,
+            which needs static input shapes; a trace of real inputs for packages of published models).
+        transforms: the functions for the transforms the package names.
     """
 
     batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -72,6 +76,8 @@ class ProfileSettings:
     memory_limit_bytes: int | None = None
     search: bool = True
     check_largest: bool = True
+    workload: Workload | None = None
+    transforms: Mapping[str, Transform] | None = None
 
     @classmethod
     def quick(cls, **overrides: object) -> ProfileSettings:
@@ -204,7 +210,8 @@ def _allocate(pkg: Package, profile: DeviceProfile, settings: ProfileSettings, p
             f"no expert fits the memory limit of {fast.budget_bytes} bytes on {fast.id} (largest needs {largest})")
     max_n = fits[-1]
     # The sample follows the package's declared distribution order (zipf 1.1 over it).
-    trace = generate_workload(pkg.manifest, num_requests=settings.sample_requests, dist="zipf:1.1", seed=7)
+    trace = settings.workload or generate_workload(pkg.manifest, num_requests=settings.sample_requests,
+                                                   dist="zipf:1.1", seed=7)
     steps: list[AllocationStep] = []
 
     def budget_for(n: int) -> int:
@@ -214,7 +221,7 @@ def _allocate(pkg: Package, profile: DeviceProfile, settings: ProfileSettings, p
     def throughput(n: int, executors: int) -> float:
         """Mean of two passes over the sample (the first pass also warms ORT's allocators)."""
         cfg = RuntimeConfig(policy="edgecoe", budget=budget_for(n), num_executors=executors)
-        with Runtime(pkg, config=cfg, profile=profile) as runtime:
+        with Runtime(pkg, config=cfg, profile=profile, transforms=settings.transforms) as runtime:
             return (runtime.run(trace).throughput_rps + runtime.run(trace).throughput_rps) / 2
 
     def best_executors(n: int) -> tuple[int, dict[int, float]]:
