@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from serve_common import run_wrk, server, wrk_script
 
 
 def _requests(package: Path, count: int, seed: int) -> list[tuple[dict[str, np.ndarray], dict[str, object]]]:
@@ -84,59 +77,21 @@ def _closed_loop(runtime: Any, requests: list, concurrency: int, seconds: float)
 
 
 def _wrk(base: str, requests: list, name: str, concurrency: int, seconds: float) -> float:
-    """Requests per second wrk sustains, cycling through ``requests`` (bodies in files a Lua script reads)."""
-    import shutil
+    """Requests per second wrk sustains, cycling through ``requests``; any error or non-2xx answer stops the run."""
     import tempfile
 
-    if shutil.which("wrk") is None:
-        raise SystemExit("saturation needs wrk (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as folder:
-        metas = []
-        for i, (inputs, metadata) in enumerate(requests, start=1):
-            Path(folder, f"{i}.bin").write_bytes(inputs[name].tobytes())
-            metas.append(json.dumps(json.dumps(metadata)))
-        shape = ",".join(map(str, requests[0][0][name].shape))
-        script = Path(folder, "post.lua")
-        script.write_text(
-            f"local bodies = {{}}\nlocal metas = {{{', '.join(metas)}}}\n"
-            f"for i = 1, {len(requests)} do\n"
-            f"  local f = io.open('{folder}/' .. i .. '.bin', 'rb'); bodies[i] = f:read('*all'); f:close()\nend\n"
-            "local n = 0\nrequest = function()\n"
-            f"  n = n % {len(requests)} + 1\n"
-            "  return wrk.format('POST', '/v1/infer', {['Content-Type'] = 'application/octet-stream', "
-            f"['X-Edgecoe-Input'] = '{name}', ['X-Edgecoe-Shape'] = '{shape}', "
-            "['X-Edgecoe-Metadata'] = metas[n]}, bodies[n])\nend\n"
-            "done = function(summary, latency, requests)\n"
-            "  io.write(string.format('errors %d %d %d %d\\n', summary.errors.connect, summary.errors.status, "
-            "summary.errors.read, summary.errors.timeout))\nend\n")
-        out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds:g}s", "-s", str(script),
-                              f"{base}/v1/infer"], capture_output=True, text=True, check=True).stdout
-    errors = [int(v) for line in out.splitlines() if line.startswith("errors ") for v in line.split()[1:]]
-    if any(errors):
-        raise SystemExit(f"wrk saw errors (connect, status, read, timeout): {errors}\n{out}")
-    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+        result = run_wrk(wrk_script(Path(folder), requests, name), f"{base}/v1/infer", concurrency, seconds)
+    if result["connect_errors"] or result["dropped"] or result["client_timeouts"] or result["non_2xx"]:
+        raise SystemExit(f"wrk saw errors or non-2xx answers:\n{result['raw']}")
+    return float(result["rps"])
 
 
 def over_http(package: Path, budget: str, requests: list, policy: str, concurrency: int,
               seconds: float) -> dict[str, Any]:
     import httpx2 as httpx
 
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "edgecoe.cli", "serve", str(package), "--port", str(port),
-                               "--budget", budget, "--policy", policy], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not become ready")
-            time.sleep(0.2)
+    with server(package, "--budget", budget, "--policy", policy) as (_, base):
         name = next(iter(requests[0][0]))
 
         def send(client: Any, inputs: dict[str, np.ndarray], metadata: dict[str, object]) -> None:
@@ -157,9 +112,6 @@ def over_http(package: Path, budget: str, requests: list, policy: str, concurren
                 send(client, inputs, metadata)
                 light.append((time.perf_counter() - started) * 1e3)
         return {"light_ms": light, "saturated_rps": _wrk(base, requests, name, concurrency, seconds)}
-    finally:
-        server.terminate()
-        server.wait(60)
 
 
 def main() -> None:

@@ -17,19 +17,13 @@ import argparse
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from serve_common import run_wrk, server, wrk_script
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -39,45 +33,15 @@ def _status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def _lua(folder: Path, package: Path) -> tuple[Path, int]:
-    """A wrk script cycling through 200 generated requests (raw bodies); returns it and one body's size."""
+def _requests(package: Path) -> tuple[list, str]:
+    """200 generated requests and the name of the input that is their body."""
     from edgecoe.package import load_package
     from edgecoe.workload import generate_workload, materialize
 
     pkg = load_package(package, verify="quick")
     trace = generate_workload(pkg.manifest, num_requests=200, dist="zipf:1.1", seed=41)
-    name = pkg.manifest.inputs[0].name
-    metas, size, shape = [], 0, ""
-    for i, request in enumerate(trace.requests, start=1):
-        array = materialize(request, pkg.manifest.inputs, trace.base_dir)[name]
-        (folder / f"{i}.bin").write_bytes(array.tobytes())
-        metas.append(json.dumps(json.dumps(dict(request.metadata))))
-        size, shape = array.nbytes, ",".join(map(str, array.shape))
-    script = folder / "post.lua"
-    script.write_text(
-        f"local bodies = {{}}\nlocal metas = {{{', '.join(metas)}}}\n"
-        f"for i = 1, {len(metas)} do\n  local f = io.open('{folder}/' .. i .. '.bin', 'rb'); "
-        "bodies[i] = f:read('*all'); f:close()\nend\nlocal n = 0\nrequest = function()\n"
-        f"  n = n % {len(metas)} + 1\n  return wrk.format('POST', '/v1/infer', {{['Content-Type'] = "
-        f"'application/octet-stream', ['X-Edgecoe-Input'] = '{name}', ['X-Edgecoe-Shape'] = '{shape}', "
-        "['X-Edgecoe-Metadata'] = metas[n]}, bodies[n])\nend\n"
-        "local statuses = {}\nresponse = function(status, headers, body)\n"
-        "  statuses[status] = (statuses[status] or 0) + 1\nend\n"
-        "done = function(summary, latency, requests)\n"
-        "  io.write(string.format('requests %d\\nerrors %d %d %d %d\\n', summary.requests, summary.errors.connect, "
-        "summary.errors.read, summary.errors.write, summary.errors.timeout))\nend\n")
-    return script, size
-
-
-def _wrk(script: Path, url: str, connections: int, seconds: float) -> dict[str, Any]:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s", "-s",
-                          str(script), url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    requests = int(re.search(r"^requests (\d+)", out, re.M).group(1))  # type: ignore[union-attr]
-    connect, read, write, timeout = (int(v) for v in re.search(r"^errors (\d+) (\d+) (\d+) (\d+)", out, re.M).groups())  # type: ignore[union-attr]
-    return {"rps": rps, "requests": requests, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-            "connect_errors": connect, "dropped": read + write, "client_timeouts": timeout, "raw": out}
+    requests = [(materialize(r, pkg.manifest.inputs, trace.base_dir), dict(r.metadata)) for r in trace.requests]
+    return requests, pkg.manifest.inputs[0].name
 
 
 def _statuses(base: str) -> dict[str, float]:
@@ -90,38 +54,20 @@ def _statuses(base: str) -> dict[str, float]:
 
 
 def run_once(args: argparse.Namespace, script: Path, body_bytes: int) -> dict[str, Any]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "edgecoe.cli", "serve", str(args.package), "--port", str(port), "--budget", args.budget,
-         "--max-queued-requests", str(args.max_queued), "--timeout-s", str(args.timeout_s)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
+    import urllib.request
 
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as ready:
-                    if ready.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not become ready") from None
-                time.sleep(0.2)
-        idle_kb = _status_kb(server.pid, "VmRSS")
+    options = ("--budget", args.budget, "--max-queued-requests", str(args.max_queued), "--timeout-s", str(args.timeout_s))
+    with server(args.package, *options) as (process, base):
+        idle_kb = _status_kb(process.pid, "VmRSS")
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as page:
             budget = int(float(re.search(r"edgecoe_expert_budget_bytes\{[^}]*\} ([\d.e+]+)",  # type: ignore[union-attr]
                                          page.read().decode()).group(1)))
-        capacity = _wrk(script, f"{base}/v1/infer", 64, 10)
+        capacity = run_wrk(script, f"{base}/v1/infer", 64, 10)
         before = _statuses(base)
-        overload = _wrk(script, f"{base}/v1/infer", args.connections, args.seconds)
+        overload = run_wrk(script, f"{base}/v1/infer", args.connections, args.seconds)
         time.sleep(args.timeout_s + 1)  # answers still on their way when wrk stopped
         after = _statuses(base)
-        peak_kb = _status_kb(server.pid, "VmHWM")
-    finally:
-        server.terminate()
-        server.wait(60)
+        peak_kb = _status_kb(process.pid, "VmHWM")
     statuses = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     queue_bytes = args.max_queued * (body_bytes + 8 * 1024)
     bound = idle_kb * 1024 + budget + queue_bytes
@@ -129,9 +75,9 @@ def run_once(args: argparse.Namespace, script: Path, body_bytes: int) -> dict[st
             "offered_connections": args.connections, "client_saw": overload["requests"],
             "server_answered": sum(statuses.values()), "dropped": overload["dropped"],
             "client_timeouts": overload["client_timeouts"], "connect_errors": overload["connect_errors"],
-            "statuses": statuses,
-            "idle_rss_bytes": idle_kb * 1024, "peak_rss_bytes": peak_kb * 1024, "budget_bytes": budget,
-            "queue_limit_bytes": queue_bytes, "rss_bound_bytes": bound, "within_bound": peak_kb * 1024 <= bound}
+            "statuses": statuses, "idle_rss_bytes": idle_kb * 1024, "peak_rss_bytes": peak_kb * 1024,
+            "budget_bytes": budget, "queue_limit_bytes": queue_bytes, "rss_bound_bytes": bound,
+            "within_bound": peak_kb * 1024 <= bound}
 
 
 def main() -> None:
@@ -151,7 +97,8 @@ def main() -> None:
         subprocess.run(["edgecoe", "demo", "build", args.package.name], check=True)
     runs = []
     with tempfile.TemporaryDirectory() as folder:
-        script, body_bytes = _lua(Path(folder), args.package)
+        requests, name = _requests(args.package)
+        script, body_bytes = wrk_script(Path(folder), requests, name), requests[0][0][name].nbytes
         for rep in range(args.repeat):
             run = run_once(args, script, body_bytes)
             print(f"repeat {rep + 1}: {json.dumps(run)}", flush=True)
