@@ -83,3 +83,14 @@ def run_wrk(script: Path, url: str, connections: int, seconds: float) -> dict[st
         r"^errors (\d+) (\d+) (\d+) (\d+)", out, re.M).groups())
     return {"rps": rps, "requests": requests, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
             "connect_errors": connect, "dropped": read + write, "client_timeouts": timeout, "raw": out}
+
+
+def write_result(path: Path | None, result: dict[str, Any]) -> None:
+    """The raw result as JSON (with the machine it was measured on), when a path is given."""
+    from edgecoe.results import machine_info
+
+    result["machine"] = machine_info()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {path}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serve_common import run_wrk, server, wrk_script
+from serve_common import run_wrk, server, write_result, wrk_script
 
 
 def _requests(package: Path, count: int, seed: int) -> list[tuple[dict[str, np.ndarray], dict[str, object]]]:
@@ -150,14 +150,8 @@ def main() -> None:
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
               "median": {"p50_added_ms": statistics.median(r["p50_added_ms"] for r in runs),
                          "saturated_ratio": statistics.median(r["saturated_ratio"] for r in runs)}}
-    from edgecoe.results import machine_info
-
-    result["machine"] = machine_info()
     print(json.dumps(result["median"]))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_common import run_wrk, server, wrk_script
+from serve_common import run_wrk, server, write_result, wrk_script
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -103,13 +103,7 @@ def main() -> None:
             run = run_once(args, script, body_bytes)
             print(f"repeat {rep + 1}: {json.dumps(run)}", flush=True)
             runs.append(run)
-    from edgecoe.results import machine_info
-
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine_info(), "runs": runs}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    write_result(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs})
 
 
 if __name__ == "__main__":
