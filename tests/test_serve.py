@@ -279,3 +279,46 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path):
         if server.stdout is not None:
             server.stdout.close()
     assert answers == [200] * 8  # accepted before the signal: every one answered, none lost
+
+
+def test_completions_beyond_the_queue_are_429_and_a_timeout_is_504_without_stopping_the_worker(moe_generator):
+    from edgecoe.serve.moe import moe_app
+
+    release, entered = threading.Event(), threading.Event()
+    original = moe_generator.stream
+
+    def held(*args, **kwargs):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(30)
+        yield from original(*args, **kwargs)
+
+    app = moe_app(moe_generator, ServeConfig(max_queued_completions=1, timeout_s=0.5))
+    moe_generator.stream = held  # type: ignore[method-assign]
+    try:
+        with TestClient(app) as client:
+            answers: list = []
+            first = threading.Thread(target=lambda: answers.append(
+                client.post("/v1/completions", json={"prompt": "The module", "max_tokens": 4})))
+            first.start()
+            assert entered.wait(10)  # the worker holds the first completion
+            second = threading.Thread(target=lambda: answers.append(
+                client.post("/v1/completions", json={"prompt": "The module", "max_tokens": 4})))
+            second.start()
+            deadline = time.monotonic() + 10
+            while not app.state.service._jobs.qsize() and time.monotonic() < deadline:  # the second waits
+                time.sleep(0.01)
+            full = client.post("/v1/completions", json={"prompt": "The module", "max_tokens": 4})
+            first.join(10)
+            second.join(10)
+            release.set()
+            assert full.status_code == 429 and full.headers["retry-after"] == "1"
+            assert sorted(a.status_code for a in answers) == [504, 504]
+            moe_generator.stream = original  # type: ignore[method-assign]
+            deadline = time.monotonic() + 10  # the cancelled completions leave the queue as the worker reaches them
+            while app.state.service._jobs.qsize() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            again = client.post("/v1/completions", json={"prompt": "The module", "max_tokens": 4, "timeout_s": 30})
+            assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        release.set()
+        moe_generator.stream = original  # type: ignore[method-assign]
