@@ -524,3 +524,19 @@ def test_the_profiler_feeds_constants_state_and_the_shapes_export_verified(tmp_p
     assert spkg.experts["acc"].item_shapes == {"x": [4], "state": [2, 4]}
     state = batch_inputs(spkg, "acc", 5)["state"]
     assert state.shape == (2, 5, 4) and not state.any()  # a fresh stream's state, on its batch axis
+
+
+def test_a_hostile_item_shape_or_initial_state_is_refused_at_load(tmp_path):
+    onnx.save_model(stateful_model(), str(tmp_path / "state.onnx"))
+    spec = stateful_spec({"state": 1, "stateN": 1})
+    spec["constants"] = {"init": {"dtype": "float32", "shape": [3], "fill": 0}}
+    spec["experts"]["acc"]["state"][0]["initial"] = "init"
+    with pytest.raises(PackageError, match=r"initial 'init' is float32\[3\]; the state input takes float32\[2, 4\]"):
+        export_package(write_spec(tmp_path / "bad.json", spec), tmp_path / "bad")
+    pkg = export_package(write_spec(tmp_path / "spec.json", stateful_spec({"state": 1, "stateN": 1})),
+                         tmp_path / "pkg").package
+    manifest = json.loads((pkg / "edgecoe.json").read_text())
+    manifest["experts"]["acc"]["item_shapes"]["x"] = [1 << 20, 1 << 20]
+    (pkg / "edgecoe.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="item_shapes"):
+        load_package(pkg)

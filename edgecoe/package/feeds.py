@@ -233,6 +233,12 @@ def _check_expert_io(manifest: Manifest, name: str, expert: ExpertRecord, where:
             problems.append(Problem(at, f"output {pair.output!r} is not a kept output of the model"))
         if pair.initial is not None and pair.initial not in manifest.constants:
             problems.append(Problem(at, f"initial {pair.initial!r} is not a package constant"))
+        elif pair.initial is not None and pair.input in inputs:
+            const, state_spec = manifest.constants[pair.initial], inputs[pair.input]
+            item = item_shape(state_spec, expert.batch.axis(pair.input))
+            if const.dtype != state_spec.dtype or not _compatible(item, list(const.shape)):
+                problems.append(Problem(at, f"initial {pair.initial!r} is {const.dtype}{const.shape}; the state "
+                                            f"input takes {state_spec.dtype}{_shape_str(item)} per stream"))
         if pair.input in inputs and pair.initial is None and any(
                 not isinstance(d, int) for d in item_shape(inputs[pair.input], expert.batch.axis(pair.input))):
             problems.append(Problem(at, f"input {pair.input!r} has no static shape per item, so its first state "

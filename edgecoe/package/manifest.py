@@ -166,6 +166,7 @@ class Feed(StrictModel):
 
 MAX_CONSTANT_VALUES = 65536
 MAX_MODEL_METADATA_CHARS = 4 * 1024 * 1024
+MAX_ITEM_ELEMENTS = 1 << 28  # one item of 256 M elements (1 GiB of float32) at most
 
 
 class Constant(StrictModel):
@@ -277,6 +278,15 @@ class ExpertRecord(StrictModel):
                                           "(the profiler measures with it)")
     value_ranges: dict[TensorName, tuple[float, float]] = Field(
         default_factory=dict, description="input -> [low, high] of values the model expects, from the spec")
+
+    @field_validator("item_shapes")
+    @classmethod
+    def _item_shapes_are_bounded(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        # NOTE: the profiler allocates these: a hostile manifest must not make it allocate terabytes
+        for name, shape in value.items():
+            if len(shape) > 8 or any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_ITEM_ELEMENTS:
+                raise ValueError(f"item_shapes.{name} = {shape}: at most 8 dims >= 0 and {MAX_ITEM_ELEMENTS} elements")
+        return value
 
     @field_validator("model_metadata")
     @classmethod
