@@ -9,14 +9,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgecoe.serve.server import wait_ready
 
 
 def free_port() -> int:
@@ -33,16 +33,7 @@ def server(package: Path, *options: str) -> Iterator[tuple[subprocess.Popen[byte
                                 *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as ready:
-                    if ready.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit("the server did not become ready") from None
-                time.sleep(0.2)
+        wait_ready(base, process=process, timeout_s=120)
         yield process, base
     finally:
         process.terminate()

@@ -16,9 +16,6 @@ import numpy as np
 
 from edgecoe.package.manifest import ExpertRecord
 
-Outputs = dict[str, np.ndarray]
-"""Output name -> array with a leading batch axis."""
-
 Item = dict[str, np.ndarray]
 """One item's tensors by name, without a batch axis."""
 

@@ -59,7 +59,7 @@ from edgecoe.workload import Workload
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: compared by identity (its fields hold arrays)
 class _Request:
     """A request in flight."""
 
@@ -671,18 +671,19 @@ class Runtime:
         """The request ended: it leaves the in-flight table and gives its room back."""
         if self._requests.pop(request.id, None) is not None:
             self.in_flight.release(request.input_bytes)
-            waiting = self._stream_queue.get(request.stream) if request.stream is not None else None
-            if waiting is None:
+            stream = request.stream
+            waiting = self._stream_queue.get(stream) if stream is not None else None
+            if stream is None or waiting is None:
                 return
             if request.waiting:  # ended before its turn (cancelled): it leaves the line
                 request.waiting = False
-                self._stream_queue[request.stream] = deque(r for r in waiting if r is not request)  # type: ignore[index]
+                waiting.remove(request)
             elif waiting:  # the stream's request in flight ended: the next one may begin
                 following = waiting.popleft()
                 following.waiting = False
                 self._released.append(following)
             else:
-                del self._stream_queue[request.stream]  # type: ignore[arg-type]
+                del self._stream_queue[stream]
 
     def _count_error_locked(self, cause: str) -> None:
         key = cause if len(cause) <= _MAX_ERROR_KEY_CHARS else cause[:_MAX_ERROR_KEY_CHARS] + "..."

@@ -27,6 +27,7 @@ from edgecoe.config import RuntimeConfig
 from edgecoe.package import load_package
 from edgecoe.serve.coe import coe_app
 from edgecoe.serve.common import ServeConfig
+from edgecoe.serve.server import wait_ready
 
 X = np.arange(4, dtype=np.float32) / 4
 
@@ -244,17 +245,11 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path):
                                "--transforms", str(tmp_path / "slow.py"), "--drain-timeout-s", "20"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as ready:
-                    if ready.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    out = server.stdout.read().decode() if server.stdout and server.poll() is not None else ""
-                    pytest.fail(f"server did not become ready: {out}")
-                time.sleep(0.2)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", process=server, timeout_s=60)
+        except RuntimeError as exc:
+            out = server.stdout.read().decode() if server.stdout and server.poll() is not None else ""
+            pytest.fail(f"{exc}: {out}")
         body = json.dumps({"inputs": {"page": [0.5] * 8}, "metadata": {"k": "doc"}}).encode()
         answers: list[int] = []
 

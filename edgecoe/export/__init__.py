@@ -235,29 +235,34 @@ def _read_samples(expert: ExpertSpec, base: Path, where: str) -> dict[str, np.nd
         raise ExportError(f"{where}: sample_inputs cannot be read: {exc}") from exc
 
 
+def _request_inputs(record: ExpertRecord, *, unlisted: bool) -> list[RequestInput]:
+    """The request inputs a record reads, one item each: its ``request:`` feeds, and with ``unlisted``
+    (a first expert) also every input without a feed or state, under its own name."""
+    state = {pair.input for pair in record.state}
+    out = []
+    for spec in record.inputs:
+        feed = record.feeds.get(spec.name)
+        if spec.name in state or (feed is not None and feed.request is None) or (feed is None and not unlisted):
+            continue
+        out.append(RequestInput(name=feed.request if feed is not None and feed.request else spec.name,
+                                dtype=spec.dtype, shape=item_shape(spec, record.batch.axis(spec.name))))
+    return out
+
+
 def _derive_inputs(spec: ExportSpec, records: dict[str, ExpertRecord]) -> list[RequestInput]:
-    """Package inputs = the preliminary experts' inputs without their batch dimension."""
+    """Package inputs: what the preliminary experts read from the request (without their batch dimension),
+    then later experts' explicit request feeds (inputs only some routes need)."""
     firsts = list(dict.fromkeys([*spec.entry.experts.values(), *([spec.entry.default] if spec.entry.default else [])]))
     found: dict[str, RequestInput] = {}
     for name in firsts:
-        record = records[name]
-        fed = {pair.input for pair in record.state} | {k for k, f in record.feeds.items() if f.request is None}
-        for item in record.inputs:
-            if item.name in fed:
-                continue
-            source = record.feeds.get(item.name)
-            derived = RequestInput(name=source.request if source and source.request else item.name, dtype=item.dtype,
-                                   shape=item_shape(item, record.batch.axis(item.name)))
+        for derived in _request_inputs(records[name], unlisted=True):
             if derived.name in found and found[derived.name] != derived:
                 raise ExportError(
                     f"preliminary experts disagree on input {derived.name!r}: {found[derived.name].shape_str()} vs "
                     f"{derived.shape_str()} ({name}); declare `inputs:` in the spec"
                 )
             found[derived.name] = derived
-    for record in records.values():  # later experts' explicit request feeds: a route-dependent input
-        for item in record.inputs:
-            source = record.feeds.get(item.name)
-            if source is not None and source.request is not None and source.request not in found:
-                found[source.request] = RequestInput(name=source.request, dtype=item.dtype,
-                                                     shape=item_shape(item, record.batch.axis(item.name)))
+    for record in records.values():
+        for derived in _request_inputs(record, unlisted=False):
+            found.setdefault(derived.name, derived)
     return list(found.values())

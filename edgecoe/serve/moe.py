@@ -45,6 +45,14 @@ class _Completion:
     prompt_tokens: int = 0
 
 
+def _finish_reason(event: TokenEvent, tokens: int, params: SamplingParams) -> str | None:
+    """OpenAI's finish_reason for a completion's ``tokens``-th token: ``stop`` (an end token before the
+    limit), ``length`` (the limit), None (not the last)."""
+    if not event.finished:
+        return None
+    return "stop" if tokens < params.max_new_tokens else "length"
+
+
 class MoeService:
     """Serves one :class:`Generator` over HTTP."""
 
@@ -218,8 +226,7 @@ class MoeService:
         while (event := await self._next(job, deadline)) is not None:
             text += event.text
             tokens += 1
-            if event.finished and tokens < job.params.max_new_tokens:
-                finish = "stop"
+            finish = _finish_reason(event, tokens, job.params) or finish
         return text, tokens, finish
 
     async def _sse(self, job: _Completion, completion_id: str, timeout_s: float) -> AsyncIterator[bytes]:
@@ -234,8 +241,7 @@ class MoeService:
         try:
             while (event := await self._next(job, deadline)) is not None:
                 tokens += 1
-                finish = ("stop" if tokens < job.params.max_new_tokens else "length") if event.finished else None
-                yield chunk(event.text, finish)
+                yield chunk(event.text, _finish_reason(event, tokens, job.params))
         except HttpError as exc:  # headers are sent: the error goes in the stream
             yield f"data: {json.dumps({'error': {'code': exc.status, 'message': exc.message}})}\n\n".encode()
         finally:

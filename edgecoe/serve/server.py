@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import subprocess
+import time
+import urllib.request
 from types import FrameType
 from typing import Any
 
@@ -35,3 +38,24 @@ def run_app(app: Any, *, host: str, port: int, drain_timeout_s: float, log_level
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=max(1, int(drain_timeout_s)), access_log=False)
     Server(config).run()
+
+
+def wait_ready(base_url: str, *, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 60.0) -> None:
+    """Block until ``GET base_url/readyz`` answers 200 (a server started in another process).
+
+    Raises:
+        RuntimeError: not ready within ``timeout_s``, or ``process`` ended first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as ready:
+                if ready.status == 200:
+                    return
+        except OSError:
+            pass
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server at {base_url} exited with {process.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server at {base_url} was not ready within {timeout_s:g} s")
+        time.sleep(0.2)
